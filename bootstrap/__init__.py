@@ -1,0 +1,1 @@
+"""QuantIAN bootstrap package."""

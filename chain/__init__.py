@@ -1,0 +1,1 @@
+"""QuantIAN chain package."""

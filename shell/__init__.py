@@ -1,0 +1,1 @@
+"""QuantIAN shell package."""
