@@ -1,0 +1,65 @@
+"""Deterministic CBOR: the only way ledger structures become bytes.
+
+Decoding is strict: only plain JSON-like values plus bytes are accepted, and the bytes must be
+the canonical encoding of what they decode to, so every value has exactly one byte form and a
+hash over bytes is a hash over meaning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import cbor2
+
+from node.identity import tagged
+
+from .errors import DecodeError
+
+MAX_DEPTH = 32
+
+
+def encode(value: Any) -> bytes:
+    """Canonical CBOR (RFC 8949 core deterministic: sorted keys, shortest forms)."""
+    try:
+        return cbor2.dumps(value, canonical=True)
+    except (cbor2.CBOREncodeError, TypeError, ValueError) as exc:
+        raise DecodeError(f"value cannot be encoded: {exc}") from None
+
+
+def decode(data: bytes, *, max_size: int, what: str) -> Any:
+    """Decode untrusted bytes, refusing anything oversized, non-plain or non-canonical."""
+    if len(data) > max_size:
+        raise DecodeError(f"{what} is {len(data)} bytes, limit {max_size}")
+    try:
+        value = cbor2.loads(data)
+    except (cbor2.CBORDecodeError, ValueError, TypeError, RecursionError, OverflowError) as exc:
+        raise DecodeError(f"{what} is not valid CBOR: {exc}") from None
+    check_plain(value, what)
+    if encode(value) != data:
+        raise DecodeError(f"{what} is not canonically encoded")
+    return value
+
+
+def check_plain(value: Any, what: str, depth: int = 0) -> None:
+    """Accept None, bool, int, float, str, bytes, list and str-keyed dict, nothing else."""
+    if depth > MAX_DEPTH:
+        raise DecodeError(f"{what} nests deeper than {MAX_DEPTH}")
+    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+        return
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            check_plain(item, what, depth + 1)
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise DecodeError(f"{what} has a non-string map key {key!r}")
+            check_plain(item, what, depth + 1)
+        return
+    raise DecodeError(f"{what} holds an unsupported value of type {type(value).__name__}")
+
+
+def digest(domain: str, data: bytes) -> bytes:
+    """SHA-256 over domain-tagged bytes: a hash for one purpose never collides with another."""
+    return hashlib.sha256(tagged(domain, data)).digest()
