@@ -1,1 +1,3 @@
-"""QuantIAN node package."""
+"""QuantIAN peer node: host, identity, config, peer table, protocols and roles."""
+
+__version__ = "0.1.0"
