@@ -1,0 +1,141 @@
+"""Asking running nodes what they see, over the control protocol, as the testnet's operator.
+
+`node.control_client` imports libp2p (~3 s), so it is imported here lazily, only by commands
+that talk to nodes; `quantian-testnet --help`, `down`, `kill` and `logs` never pay for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from testnet.procs import probe, tail
+from testnet.state import NodeState, TestnetError, read_node_json
+
+STATUS_TIMEOUT_S = 10.0
+
+
+class NotReady(TestnetError):
+    code = "not_ready"
+
+
+@contextlib.contextmanager
+def open_client(operator_dir: Path) -> Iterator[object]:
+    from node.control_client import ControlClient, OperatorCredentials
+
+    creds = OperatorCredentials.load(operator_dir)
+    with ControlClient(creds) as client:
+        yield client
+
+
+def control_error_type() -> type[Exception]:
+    from node.control_client import ControlError
+
+    return ControlError
+
+
+def node_addr(node: NodeState) -> str:
+    """Where to reach the node: the address it announced in node.json, else its fixed port."""
+    info = read_node_json(node.data_dir)
+    if info and info.get("listen"):
+        return info["listen"][0]
+    return node.multiaddr
+
+
+def query_status(client, node: NodeState, timeout: float = STATUS_TIMEOUT_S) -> tuple[dict | None, str | None]:
+    """(status, None) or (None, reason) for one node."""
+    try:
+        return client.request(node_addr(node), "status", None, timeout=timeout), None
+    except control_error_type() as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _poll(step: Callable[[], str | None], deadline: float, progress: Callable[[str], None], interval: float, what: str) -> None:
+    """Call `step` until it returns None (done); it returns what is still missing otherwise,
+    which is reported when it changes and named in the NotReady raised at the deadline."""
+    last = ""
+    while (missing := step()) is not None:
+        if missing != last:
+            progress(missing)
+            last = missing
+        if time.monotonic() >= deadline:
+            raise NotReady(f"timed out {what}: {missing}")
+        time.sleep(interval)
+
+
+def wait_node_json(nodes: list[NodeState], deadline: float, progress: Callable[[str], None]) -> None:
+    """Wait until each node has written a node.json for *this* process (pid matches)."""
+    pending = {n.name: n for n in nodes}
+
+    def step() -> str | None:
+        for name, node in list(pending.items()):
+            info = read_node_json(node.data_dir)
+            if info and info.get("pid") == node.pid:
+                pending.pop(name)
+            elif not probe(node.pid, node.proc_start).alive:
+                raise NotReady(f"node {name} exited before it was ready; last lines of {node.log_path}:\n{tail(node.log_path)}")
+        if not pending:
+            return None
+        logs = ", ".join(str(pending[n].log_path) for n in sorted(pending))
+        return f"{len(pending)} node(s) not listening yet: {', '.join(sorted(pending))} (logs: {logs})"
+
+    _poll(step, deadline, progress, 0.2, "waiting for node.json")
+
+
+@dataclass
+class MeshReport:
+    complete: bool
+    missing: dict[str, list[str]]  # node name -> names of peers it does not see online with caps
+    errors: dict[str, str]  # node name -> why its status could not be read
+
+
+def check_mesh(client, nodes: list[NodeState]) -> MeshReport:
+    """Does every node in `nodes` list every other one as online, with its capabilities?"""
+    caps = {}
+    for node in nodes:
+        info = read_node_json(node.data_dir) or {}
+        caps[node.peer_id] = set(info.get("capabilities") or [])
+    by_peer = {n.peer_id: n.name for n in nodes}
+    missing: dict[str, list[str]] = {}
+    errors: dict[str, str] = {}
+    for node in nodes:
+        status, err = query_status(client, node)
+        if status is None:
+            errors[node.name] = err or "no answer"
+            continue
+        seen = {
+            p.get("peer_id")
+            for p in status.get("peers", [])
+            if p.get("state") == "online" and set(p.get("capabilities") or []) >= caps.get(p.get("peer_id"), set())
+        }
+        lacking = [by_peer[pid] for pid in by_peer if pid != node.peer_id and pid not in seen]
+        if lacking:
+            missing[node.name] = sorted(lacking)
+    return MeshReport(not missing and not errors, missing, errors)
+
+
+def describe(report: MeshReport) -> str:
+    parts = [f"{name} misses {', '.join(peers)}" for name, peers in sorted(report.missing.items())]
+    parts += [f"{name}: {err}" for name, err in sorted(report.errors.items())]
+    return "; ".join(parts) or "complete"
+
+
+def wait_mesh(client, nodes: list[NodeState], deadline: float, progress: Callable[[str], None], poll_s: float = 0.5) -> None:
+    """Poll until the mesh among `nodes` is complete; NotReady naming who misses whom on timeout."""
+
+    def step() -> str | None:
+        dead = [n.name for n in nodes if not probe(n.pid, n.proc_start).alive]
+        if dead:
+            raise NotReady(f"node(s) died while joining: {', '.join(dead)}; see their node.log")
+        report = check_mesh(client, nodes)
+        return None if report.complete else f"mesh incomplete: {describe(report)}"
+
+    _poll(step, deadline, progress, poll_s, "before every node saw every other node")
+
+
+def stderr_progress(msg: str) -> None:
+    print(f"[testnet] {msg}", file=sys.stderr, flush=True)
