@@ -51,7 +51,7 @@ def verify_stored_chain(store: Store, author: str, *, now_ms: int | None = None)
     except UnreadableStore:
         raise
     except LedgerError as exc:
-        report.error = exc.at(author=author, height=report.blocks)
+        report.error = exc.located(author=author, height=report.blocks)
     return report
 
 

@@ -36,6 +36,12 @@ class LedgerError(Exception):
         self.args = (self._describe(),)
         return self
 
+    def located(self, *, author: str, height: int) -> "LedgerError":
+        """Name the chain position being checked, overriding what the bytes claimed."""
+        self.author, self.height = author, height
+        self.args = (self._describe(),)
+        return self
+
     def to_dict(self) -> dict:
         return {"code": self.code, "author": self.author, "height": self.height, "reason": self.reason}
 

@@ -68,8 +68,11 @@ def ingest(store: Store, author: str, encoded_blocks: list[bytes], *, now_ms: in
             if author == own_author:
                 raise OwnChain("only this node extends its own chain")
             verify_block(block, prev, author=author, now_ms=now_ms)
+        except ForkDetected as exc:
+            error = exc
+            break
         except LedgerError as exc:
-            error = exc.at(author=author, height=expected)
+            error = exc.located(author=author, height=expected)
             break
         accepted.append((block, data))
         prev = block.header

@@ -46,7 +46,8 @@ def verify_block(block: Block, prev: BlockHeader | None, *, author: str | None =
     not-too-far-in-the-future check; `claimed_hash` is a hash someone stored or announced.
     """
     h = block.header
-    where = {"author": author or h.author_id, "height": h.height}
+    position = 0 if prev is None else prev.height + 1  # where the block claims to go, if it fits
+    where = {"author": author or h.author_id, "height": position}
     if h.version != FORMAT_VERSION:
         raise UnsupportedVersion(f"format version {h.version}, expected {FORMAT_VERSION}", **where)
     if author is not None and h.author_id != author:
@@ -96,11 +97,12 @@ def verify_chain(encoded_blocks: Iterable[bytes], *, author: str, prev: BlockHea
                  now_ms: int | None = None) -> BlockHeader | None:
     """Verify consecutive encoded blocks of one chain; returns the last header (or `prev`)."""
     for data in encoded_blocks:
+        position = 0 if prev is None else prev.height + 1
         try:
             block = decode_block(data)
+            verify_block(block, prev, author=author, now_ms=now_ms)
         except LedgerError as exc:
-            raise exc.at(author=author, height=None if prev is None else prev.height + 1)
-        verify_block(block, prev, author=author, now_ms=now_ms)
+            raise exc.located(author=author, height=position) from None
         prev = block.header
     return prev
 
