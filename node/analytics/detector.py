@@ -58,7 +58,7 @@ class DetectorConfig:
     long_span: int = 1000
     noise_span: int = 24
     calibration_span: int = 2000
-    warmup: int = 200
+    warmup: int = 100
     use_statistics: bool = True
     use_forest: bool = True
     forest_refit_every: int = 1000
@@ -66,9 +66,9 @@ class DetectorConfig:
     forest_trees: int = 16
     forest_samples: int = 128
     seed: int = 0
-    decades: float = 10.0
+    decades: float = 20.0
     threshold: float = DEFAULT_THRESHOLD
-    quiet_rows: int = 300
+    quiet_rows: int = 150
 
     def __post_init__(self) -> None:
         if not (self.use_statistics or self.use_forest):
@@ -155,17 +155,17 @@ class _Engine:
         n = len(columns[0])
         feats = np.hstack([b.update(col) for b, col in zip(self.banks, columns)]) if n else \
             np.zeros((0, len(self.names)))
-        logp_feat = np.column_stack([cal.update(np.abs(feats[:, j]))
+        # features of the first rows rest on too little history to judge by
+        ready = (self._n + np.arange(n)) >= c.warmup
+        logp_feat = np.column_stack([cal.update(np.abs(feats[:, j]), ready)
                                      for j, cal in enumerate(self._feature_cal)]) if n else feats
         stat = bonferroni(logp_feat) if n else np.zeros(0)
         forest = np.zeros(n)
         if self._forest is not None and n:
             raw, valid = self._forest.update(feats)
-            forest = self._forest_cal.update(raw, valid)
+            forest = self._forest_cal.update(raw, valid & ready)
         parts = [p for p, on in ((stat, c.use_statistics), (forest, c.use_forest)) if on]
         combined = parts[0] if len(parts) == 1 else fisher(np.stack(parts, axis=-1))
-        warm = (self._n + np.arange(n)) < c.warmup
-        combined = np.where(warm, 0.0, combined)
         scores = to_score(combined, c.decades)
         alerts = self._gate.update(scores)
         self._n += n

@@ -27,6 +27,9 @@ from .ewstats import EWMean, EWMoments, lagged
 #: gives finite (and then huge) deviations instead of 0/0.
 _REL_FLOOR = 1e-6
 _ABS_FLOOR = 1e-12
+#: Deviations are clipped here: beyond it every row is equally "off the
+#: scale", and one start-up or outage value must not dominate later history.
+CLIP = 50.0
 
 
 class FeatureBank:
@@ -63,4 +66,4 @@ class FeatureBank:
             self._last_step_long = float(energy_long[-1])
         out = np.column_stack(cols)
         out[np.isnan(out)] = 0.0
-        return out
+        return np.clip(out, -CLIP, CLIP)
