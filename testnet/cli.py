@@ -61,14 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("down", parents=[d], help="stop every process of the testnet")
 
-    p = sub.add_parser("kill", parents=[d], help="SIGKILL one node (kill -9)")
+    p = sub.add_parser("kill", parents=[d], help="SIGKILL one node, or the broker (kill -9)")
     p.add_argument("name")
 
-    for name, text in (("restart", "start a node again with the same data dir, port and flags"),):
-        p = sub.add_parser(name, parents=[d], help=text)
-        p.add_argument("name")
-        p.add_argument("--no-wait", action="store_true", help="return once it listens, without waiting for the mesh")
-        p.add_argument("--timeout", type=float, default=network.DEFAULT_TIMEOUT_S)
+    p = sub.add_parser("restart", parents=[d], help="start a node (or the broker) again with the same data dir, port and flags")
+    p.add_argument("name")
+    p.add_argument("--no-wait", action="store_true", help="return once it listens, without waiting for the mesh")
+    p.add_argument("--timeout", type=float, default=network.DEFAULT_TIMEOUT_S)
 
     p = sub.add_parser("add", parents=[d], help="start one more node with ROLE and wait until it has joined")
     p.add_argument("role", choices=PIPELINE_ROLES + ("bootstrap",))
@@ -179,8 +178,8 @@ def cmd_down(args, directory: Path) -> int:
 
 
 def cmd_kill(args, directory: Path) -> int:
-    node = network.kill(directory, args.name)
-    stderr_progress(f"killed {node.name} (pid {node.pid}, SIGKILL)")
+    target = network.kill(directory, args.name)
+    stderr_progress(f"killed {args.name} (pid {target.pid}, SIGKILL)")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -54,7 +55,8 @@ def query_status(client, node: NodeState, timeout: float = STATUS_TIMEOUT_S) -> 
         return None, f"{type(exc).__name__}: {exc}"
 
 
-def _poll(step: Callable[[], str | None], deadline: float, progress: Callable[[str], None], interval: float, what: str) -> None:
+def _poll(step: Callable[[], str | None], deadline: float, progress: Callable[[str], None], interval: float, what: str,
+          hint: Callable[[], str] = lambda: "") -> None:
     """Call `step` until it returns None (done); it returns what is still missing otherwise,
     which is reported when it changes and named in the NotReady raised at the deadline."""
     last = ""
@@ -63,8 +65,17 @@ def _poll(step: Callable[[], str | None], deadline: float, progress: Callable[[s
             progress(missing)
             last = missing
         if time.monotonic() >= deadline:
-            raise NotReady(f"timed out {what}: {missing}")
+            raise NotReady(f"timed out {what}: {missing}{hint()}")
         time.sleep(interval)
+
+
+def query_many(client, nodes: list[NodeState], timeout: float = STATUS_TIMEOUT_S) -> dict[str, tuple[dict | None, str | None]]:
+    """query_status for several nodes at once (the client serves concurrent callers)."""
+    if not nodes:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(nodes), thread_name_prefix="testnet-status") as pool:
+        futures = {n.name: pool.submit(query_status, client, n, timeout) for n in nodes}
+        return {name: f.result() for name, f in futures.items()}
 
 
 def wait_node_json(nodes: list[NodeState], deadline: float, progress: Callable[[str], None]) -> None:
@@ -80,10 +91,12 @@ def wait_node_json(nodes: list[NodeState], deadline: float, progress: Callable[[
                 raise NotReady(f"node {name} exited before it was ready; last lines of {node.log_path}:\n{tail(node.log_path)}")
         if not pending:
             return None
-        logs = ", ".join(str(pending[n].log_path) for n in sorted(pending))
-        return f"{len(pending)} node(s) not listening yet: {', '.join(sorted(pending))} (logs: {logs})"
+        return f"{len(pending)} node(s) not listening yet: {', '.join(sorted(pending))}"
 
-    _poll(step, deadline, progress, 0.2, "waiting for node.json")
+    def logs() -> str:
+        return "; see " + ", ".join(str(pending[n].log_path) for n in sorted(pending))
+
+    _poll(step, deadline, progress, 0.2, "waiting for node.json", logs)
 
 
 @dataclass
@@ -102,8 +115,9 @@ def check_mesh(client, nodes: list[NodeState]) -> MeshReport:
     by_peer = {n.peer_id: n.name for n in nodes}
     missing: dict[str, list[str]] = {}
     errors: dict[str, str] = {}
+    replies = query_many(client, nodes)
     for node in nodes:
-        status, err = query_status(client, node)
+        status, err = replies[node.name]
         if status is None:
             errors[node.name] = err or "no answer"
             continue

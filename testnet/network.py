@@ -10,6 +10,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Callable
 
 from testnet import mesh
@@ -86,6 +87,10 @@ def node_args(node: NodeState, bootstraps: list[NodeState], options: dict, mqtt_
         "--listen", f"/ip4/127.0.0.1/tcp/{node.port}",
         "--name", node.name,
     ]
+    if options.get("authority"):
+        # Given as hex, not left to default to DATA_DIR/authority.pub: the node reads a 64-character
+        # *path* as if it were the hex key (node/membership.py parse_authority_public_key).
+        args += ["--authority", options["authority"]]
     for boot in bootstraps:
         if boot.name != node.name:
             args += ["--bootstrap", boot.multiaddr]
@@ -140,15 +145,18 @@ def _start_node(node: NodeState) -> None:
     node.started_at = time.time()
 
 
-def _start_broker(directory: Path, kind: str, progress: Progress) -> ServiceState | None:
-    try:
-        from testnet.broker import start_broker
-    except ImportError:
+def _start_broker(directory: Path, kind: str, progress: Progress, port: int | None = None) -> ServiceState | None:
+    if importlib.util.find_spec("testnet.broker") is None:
         if kind != "auto":
-            raise TestnetError(f"--broker {kind}: the broker launcher (testnet/broker.py) is not available") from None
+            raise TestnetError(f"--broker {kind}: the broker launcher (testnet/broker.py) is not available")
         progress("no MQTT broker launcher (testnet/broker.py) yet: starting without a broker or simulator")
         return None
-    broker = start_broker(directory / "broker", kind=kind)
+    from testnet.broker import BrokerError, start_broker
+
+    try:
+        broker = start_broker(directory / "broker", kind=kind, port=port)
+    except BrokerError as exc:
+        raise TestnetError(f"the MQTT broker did not start: {exc}") from None
     progress(f"MQTT broker ({broker.kind}) at {broker.url}, pid {broker.pid}")
     return ServiceState(pid=broker.pid, log_path=str(broker.log_path), proc_start=proc_start_time(broker.pid), url=broker.url, kind=broker.kind)
 
@@ -194,7 +202,7 @@ def up(
         authority, install = _credentials(directory)
         state = State(
             dir=str(directory),
-            options={"nodes": nodes, "heartbeat": heartbeat, "log_format": log_format, "broker": broker, "sim": sim, "sim_rate": sim_rate},
+            options={"authority": authority.public_key.hex(), "nodes": nodes, "heartbeat": heartbeat, "log_format": log_format, "broker": broker, "sim": sim, "sim_rate": sim_rate},
         )
         for plan, port in zip(plans, free_ports(len(plans))):
             state.nodes.append(_new_node(directory, plan, port, authority, install))
@@ -244,16 +252,37 @@ def down(directory: Path, progress: Progress = _quiet) -> list[int]:
     return left
 
 
-def kill(directory: Path, name: str) -> NodeState:
-    """SIGKILL one node (as `kill -9` would); it stays in the state for `restart`."""
+def kill(directory: Path, name: str) -> NodeState | ServiceState:
+    """SIGKILL one node, or the broker (as `kill -9` would); it stays in the state for `restart`."""
     state = load_state(directory)
-    node = state.node(name)
-    kill9(node.pid, node.proc_start)
-    return node
+    target = _broker_of(state) if name == "broker" else state.node(name)
+    kill9(target.pid, target.proc_start)
+    return target
 
 
-def restart(directory: Path, name: str, *, wait: bool = True, timeout: float = DEFAULT_TIMEOUT_S, progress: Progress = _quiet) -> NodeState:
+def _broker_of(state: State) -> ServiceState:
+    if state.broker is None:
+        raise TestnetError(f"the testnet in {state.dir} has no MQTT broker")
+    return state.broker
+
+
+def restart_broker(directory: Path, progress: Progress = _quiet) -> ServiceState:
+    """Stop the MQTT broker and start it again on the same port (clients reconnect to the same URL)."""
+    with locked(directory):
+        state = load_state(directory)
+        old = _broker_of(state)
+        stop([(old.pid, old.proc_start)])
+        state.broker = _start_broker(directory, old.kind or "auto", progress, port=urlsplit(old.url).port)
+        save_state(state)
+    return state.broker
+
+
+def restart(
+    directory: Path, name: str, *, wait: bool = True, timeout: float = DEFAULT_TIMEOUT_S, progress: Progress = _quiet
+) -> NodeState | ServiceState:
     """Start NAME again, same data dir, port and flags (stopping it first if it still runs)."""
+    if name == "broker":
+        return restart_broker(directory, progress)
     deadline = time.monotonic() + timeout
     with locked(directory):
         state = load_state(directory)
@@ -297,15 +326,22 @@ def wait_for_mesh(directory: Path, *, deadline: float, progress: Progress = _qui
         mesh.wait_mesh(client, members(state), deadline, progress)
 
 
+def _fresh(node: NodeState, info: dict | None) -> bool:
+    """`info` (node.json) was written by the process we started, not left over from an earlier one."""
+    return bool(info) and info.get("pid") == node.pid
+
+
 def status(directory: Path, client=None) -> dict:
     """The testnet as scripts see it (`status --json`). With a control client, each live node is
     asked for its peer counts; without, those are None."""
     state = load_state(directory)
     rows = []
+    live = [n for n in members(state) if _fresh(n, read_node_json(n.data_dir))]
+    replies = mesh.query_many(client, live, timeout=5.0) if client is not None else {}
     for node in state.nodes:
         proc = probe(node.pid, node.proc_start)
         info = read_node_json(node.data_dir) if proc.alive else None
-        fresh = bool(info) and info.get("pid") == node.pid
+        fresh = _fresh(node, info)
         row = {
             "name": node.name,
             "peer_id": node.peer_id,
@@ -321,6 +357,7 @@ def status(directory: Path, client=None) -> dict:
             "capabilities": info.get("capabilities", []) if fresh else [],
             "peers_online": None,
             "peers_stale": None,
+            "peers_gone": None,
             "peers_total": None,
             "uptime_s": None,
             "error": None,
@@ -331,12 +368,12 @@ def status(directory: Path, client=None) -> dict:
             row["error"] = "stopped (SIGSTOP)"
         elif not fresh:
             row["error"] = "starting"
-        elif client is not None:
-            reply, err = mesh.query_status(client, node, timeout=5.0)
+        elif node.name in replies:
+            reply, err = replies[node.name]
             if reply is None:
                 row["error"] = err
             else:
-                for key in ("peers_online", "peers_stale", "peers_total", "uptime_s"):
+                for key in ("peers_online", "peers_stale", "peers_gone", "peers_total", "uptime_s"):
                     row[key] = reply.get(key)
         rows.append(row)
     svc = lambda s: None if s is None else {"pid": s.pid, "alive": probe(s.pid, s.proc_start).alive, "log": s.log_path, **({"url": s.url, "kind": s.kind} if s.url else {})}  # noqa: E731
