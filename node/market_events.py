@@ -16,6 +16,7 @@ redelivery or the same message taken by two bridges gets the same ID.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -165,8 +166,13 @@ def encode_payload(fields: dict[str, Any]) -> bytes:
 
 def format_event_time(epoch_us: int) -> str:
     """ISO-8601 UTC with microseconds and a ``Z`` suffix."""
-    stamp = datetime.fromtimestamp(epoch_us // 1_000_000, tz=timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S") + f".{epoch_us % 1_000_000:06d}Z"
+    seconds, micros = divmod(epoch_us, 1_000_000)
+    return f"{_second_text(seconds)}.{micros:06d}Z"
+
+
+@functools.lru_cache(maxsize=1024)
+def _second_text(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def parse_event_time(text: str) -> int:

@@ -24,6 +24,7 @@ from node.discovery import Discovery
 from node.errors import ConfigError
 from node.host import Host
 from node.identity import load_or_create_identity
+from node.ledger_service import LedgerService
 from node.membership import CertificateError, parse_authority_public_key, read_certificate, verify_certificate
 from node.metrics import Metrics
 from node.peers import PeerTable
@@ -74,6 +75,7 @@ class Node:
         self.host: Host | None = None
         self.discovery: Discovery | None = None
         self.roles: list = []
+        self.ledger: LedgerService | None = None
         self._seq = adverts.SequenceClock()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -83,12 +85,16 @@ class Node:
         host.set_stream_handler(control.PROTOCOL_ID, control.Handler(self.admission, self.control, self.metrics))
         host.set_topic_validator(adverts.TOPIC, adverts.Validator(self.peer_id, self.admission, self.peers, self.metrics))
         self._register_commands()
-        ctx = RoleContext(self.config, self.identity, host, self.peers, self.admission, self.control, self.metrics, {})
+        self.ledger = LedgerService(self.config.data_dir, self.identity, host, self.admission, self.metrics,
+                                    self.control, announce_interval_s=self.config.heartbeat_s)
+        ctx = RoleContext(self.config, self.identity, host, self.peers, self.admission, self.control, self.metrics,
+                          {"ledger": self.ledger})
         self.roles = [ROLES[name](ctx) for name in self.config.roles]
         async with host.running(list(self.config.listen)):
             async with trio.open_nursery() as nursery:
                 advert_messages = await host.subscribe(adverts.TOPIC)
                 nursery.start_soon(self._receive_adverts, advert_messages)
+                await nursery.start(self.ledger.run)
                 for role in self.roles:
                     await nursery.start(role.run)
                 await nursery.start(self.discovery.run)
@@ -182,6 +188,7 @@ class Node:
             "admission": self.admission.counts(),
             "discovery": self.discovery.status() if self.discovery else {},
             "roles_status": {role.name: role.status() for role in self.roles},
+            "ledger": self.ledger.ledger.status() if self.ledger else None,
             "counters": self.metrics.snapshot(), "peers": self.peers.to_json(),
         }
 

@@ -18,6 +18,8 @@ from scipy.special import log_ndtr
 from .ewstats import EWMoments
 
 LN10 = math.log(10.0)
+#: Smallest std credited to a raw score's history, relative to its mean.
+REL_STD_FLOOR = 0.05
 
 
 class TailCalibrator:
@@ -39,8 +41,10 @@ class TailCalibrator:
             return out
         seen = self._moments.n + np.arange(len(raw))
         mean, var = self._moments.update(raw)
-        std = np.sqrt(np.maximum(np.nan_to_num(var, nan=0.0), 1e-12))
-        logp = log_ndtr(-(raw - np.nan_to_num(mean, nan=0.0)) / std)
+        mean = np.nan_to_num(mean, nan=0.0)
+        # a raw score that never moved must not make a tiny wiggle "impossible"
+        std = np.maximum(np.sqrt(np.nan_to_num(var, nan=0.0)), REL_STD_FLOOR * np.abs(mean) + 1e-9)
+        logp = log_ndtr(-(raw - mean) / std)
         return np.where(seen >= self._min_history, np.minimum(logp, 0.0), 0.0)
 
 

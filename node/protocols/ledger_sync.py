@@ -1,0 +1,239 @@
+"""Ledger replication: chain heads announced on gossip, missing ranges pulled over a direct stream.
+
+Gossip is best-effort (LIBP2P-NOTES §3), so heads are only hints, re-announced every interval;
+the blocks themselves travel over request/response streams with range and size caps and
+timeouts, and are verified by the ledger before anything is stored. A sender of invalid blocks
+is banned for a while and the failure recorded; a fork is not the sender's fault (it may just
+relay a forked chain), so it is recorded and gossiped, never punished on the relay.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import cbor2
+import trio
+
+from node.admission import Admission
+from node.errors import NodeError
+from node.host import GossipMessage, Host, StreamClosed
+from node.metrics import Metrics
+from node.protocols.codec import FrameReader, request, write_frames
+
+PROTOCOL_ID = "/quantian/ledger-sync/1.0.0"
+HEADS_TOPIC = "quantian/ledger-heads/1.0.0"
+MAX_BLOCKS_PER_REQUEST = 256
+MAX_RESPONSE_BYTES = 4 * 1024 * 1024
+MAX_ANNOUNCEMENT_BYTES = 128 * 1024
+MAX_ANNOUNCED_HEADS = 512
+MAX_ANNOUNCED_FORKS = 16
+REQUEST_TIMEOUT_S = 15.0
+MAX_CONCURRENT_PULLS = 4
+
+log = logging.getLogger("quantian.ledger_sync")
+
+
+class AnnouncementRejected(NodeError):
+    code = "heads_rejected"
+
+
+@dataclass(frozen=True)
+class HeadsAnnouncement:
+    signed_head: bytes | None  # the announcer's own signed head header (fork detection)
+    heads: tuple[tuple[str, int, bytes], ...]  # every chain the announcer holds
+    forks: tuple[bytes, ...]  # fork proofs it knows
+
+    def encode(self) -> bytes:
+        return cbor2.dumps({"signed_head": self.signed_head, "heads": [list(h) for h in self.heads],
+                            "forks": list(self.forks)})
+
+    @classmethod
+    def decode(cls, data: bytes) -> "HeadsAnnouncement":
+        if len(data) > MAX_ANNOUNCEMENT_BYTES:
+            raise AnnouncementRejected(f"announcement of {len(data)} bytes is too large")
+        try:
+            raw = cbor2.loads(data)
+            signed_head = raw["signed_head"]
+            if signed_head is not None and not isinstance(signed_head, bytes):
+                raise TypeError("signed_head must be bytes")
+            heads = tuple((str(a), int(h), bytes(x)) for a, h, x in raw["heads"][:MAX_ANNOUNCED_HEADS])
+            forks = tuple(bytes(p) for p in raw.get("forks", [])[:MAX_ANNOUNCED_FORKS])
+        except AnnouncementRejected:
+            raise
+        except Exception as exc:  # hostile bytes: many exception types
+            raise AnnouncementRejected(f"malformed heads announcement: {type(exc).__name__}: {exc}") from None
+        return cls(signed_head, heads, forks)
+
+
+# --- serving ranges ------------------------------------------------------------------------------
+
+
+class Handler:
+    """Serves `{author, start, max_count}` with at most MAX_BLOCKS_PER_REQUEST / MAX_RESPONSE_BYTES."""
+
+    def __init__(self, ledger, admission: Admission, metrics: Metrics) -> None:
+        self._ledger = ledger
+        self._admission = admission
+        self._metrics = metrics
+
+    async def __call__(self, stream) -> None:
+        if not self._admission.is_member(stream.remote_peer):
+            self._metrics.inc("ledger_sync.refused.not_member")
+            await write_frames(stream, [{"ok": False, "error": "not a member of this network"}])
+            return
+        frame = await FrameReader(stream, 4096).read_frame(REQUEST_TIMEOUT_S)
+        author, start, max_count = frame.get("author"), frame.get("start"), frame.get("max_count")
+        if not isinstance(author, str) or not isinstance(start, int) or not isinstance(max_count, int) or start < 0:
+            self._metrics.inc("ledger_sync.bad_request")
+            await write_frames(stream, [{"ok": False, "error": "expected {author: str, start: int >= 0, max_count: int}"}])
+            return
+        count = max(1, min(max_count, MAX_BLOCKS_PER_REQUEST))
+        blocks = await self._ledger.get_blocks(author, start, count, MAX_RESPONSE_BYTES - 64 * 1024)
+        self._metrics.inc("ledger_sync.served_blocks", len(blocks))
+        await write_frames(stream, [{"ok": True, "blocks": blocks}])
+
+
+async def fetch(host: Host, peer_id: str, author: str, start: int, max_count: int = MAX_BLOCKS_PER_REQUEST) -> list[bytes]:
+    """Ask `peer_id` for `author`'s blocks from `start`. Raises NodeError / StreamClosed."""
+    stream = await host.open_stream(peer_id, PROTOCOL_ID)
+    try:
+        reply = await request(stream, {"author": author, "start": start, "max_count": max_count},
+                              timeout=REQUEST_TIMEOUT_S, max_frame=MAX_RESPONSE_BYTES)
+    finally:
+        await stream.close()
+    if not reply.get("ok"):
+        raise NodeError(f"{peer_id} refused ledger sync: {reply.get('error')}")
+    blocks = reply.get("blocks")
+    if not isinstance(blocks, list) or not all(isinstance(b, bytes) for b in blocks):
+        raise NodeError(f"{peer_id} sent a malformed block list")
+    return blocks[:MAX_BLOCKS_PER_REQUEST]
+
+
+# --- the replicator service ---------------------------------------------------------------------
+
+
+class Replicator:
+    """Announces our heads, pulls what others have ahead of us, spreads fork proofs."""
+
+    def __init__(self, host: Host, ledger, admission: Admission, metrics: Metrics, *, announce_interval_s: float) -> None:
+        self._host = host
+        self._ledger = ledger
+        self._admission = admission
+        self._metrics = metrics
+        self._interval = announce_interval_s
+        self._pulling: set[str] = set()
+        self._pull_limit = trio.Semaphore(MAX_CONCURRENT_PULLS)
+        self._nursery: trio.Nursery | None = None
+        self._known_forks: dict[tuple[str, int], bytes] = {}
+        host.set_stream_handler(PROTOCOL_ID, Handler(ledger, admission, metrics))
+        host.set_topic_validator(HEADS_TOPIC, self._validate)
+
+    def _validate(self, forwarder: str, message: GossipMessage) -> bool:
+        if forwarder != self._host.peer_id and not self._admission.is_member(forwarder):
+            self._metrics.inc("ledger_sync.heads_dropped.forwarder_not_admitted")
+            return False
+        try:
+            HeadsAnnouncement.decode(message.data)
+        except AnnouncementRejected:
+            self._metrics.inc("ledger_sync.heads_dropped.malformed")
+            return False
+        return True
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        messages = await self._host.subscribe(HEADS_TOPIC)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._receive, messages)
+            nursery.start_soon(self._announce_loop)
+            task_status.started()
+
+    async def announcement(self) -> HeadsAnnouncement:
+        heads = await self._ledger.heads()
+        return HeadsAnnouncement(
+            signed_head=await self._ledger.signed_head(self._ledger.author),
+            heads=tuple((h.author, h.height, h.hash) for h in heads),
+            forks=tuple((await self._ledger.fork_proofs())[:MAX_ANNOUNCED_FORKS]),
+        )
+
+    async def _announce_loop(self) -> None:
+        while True:
+            await self._host.publish(HEADS_TOPIC, (await self.announcement()).encode())
+            self._metrics.inc("ledger_sync.announced")
+            await trio.sleep(self._interval)  # a periodic hint: elapsed time is the behaviour
+
+    async def _receive(self, messages) -> None:
+        async for message in messages:
+            if message.origin == self._host.peer_id:
+                continue
+            try:
+                announcement = HeadsAnnouncement.decode(message.data)
+            except AnnouncementRejected:
+                continue
+            await self._on_announcement(message.origin, announcement)
+
+    async def _on_announcement(self, origin: str, announcement: HeadsAnnouncement) -> None:
+        from chain.errors import LedgerError
+
+        if announcement.signed_head is not None:
+            try:
+                await self._ledger.offer_header(announcement.signed_head)
+            except LedgerError as exc:
+                self._metrics.inc(f"ledger_sync.bad_header.{exc.code}")
+                await self._ledger.report_failure(exc, sender=origin)
+        for proof in announcement.forks:
+            await self._accept_fork_proof(proof, origin)
+        local = {h.author: h for h in await self._ledger.heads()}
+        for author, height, _hash in announcement.heads:
+            if author == self._ledger.author:
+                continue
+            held = local.get(author)
+            if (held is None or held.height < height) and author not in self._pulling and self._nursery:
+                self._pulling.add(author)
+                self._nursery.start_soon(self._pull, author, height, origin)
+
+    async def _accept_fork_proof(self, proof: bytes, origin: str) -> None:
+        from chain.errors import LedgerError
+
+        accept = getattr(self._ledger, "accept_fork_proof", None)
+        if accept is None:
+            return
+        try:
+            await accept(proof)
+        except LedgerError as exc:
+            self._metrics.inc(f"ledger_sync.bad_fork_proof.{exc.code}")
+            await self._ledger.report_failure(exc, sender=origin)
+
+    async def _pull(self, author: str, target_height: int, peer: str) -> None:
+        try:
+            async with self._pull_limit:
+                await self._pull_range(author, target_height, peer)
+        finally:
+            self._pulling.discard(author)
+
+    async def _pull_range(self, author: str, target_height: int, peer: str) -> None:
+        while True:
+            held = {h.author: h.height for h in await self._ledger.heads()}.get(author)
+            start = 0 if held is None else held + 1
+            if start > target_height:
+                return
+            try:
+                blocks = await fetch(self._host, peer, author, start)
+            except (NodeError, StreamClosed) as exc:
+                self._metrics.inc("ledger_sync.pull_failed")
+                log.debug("pull %s[%d..] from %s failed: %s", author, start, peer, exc)
+                return
+            if not blocks:
+                return
+            result = await self._ledger.ingest_blocks(author, blocks)
+            self._metrics.inc("ledger_sync.blocks_ingested", result.added)
+            if result.error is not None:
+                self._metrics.inc(f"ledger_sync.rejected.{result.error.code}")
+                await self._ledger.report_failure(result.error, sender=peer)
+                if result.fork_proof is None:  # invalid blocks: penalise the sender
+                    self._admission.refuse(peer, "invalid_blocks")
+                    await self._host.disconnect(peer)
+                return
+            if result.added == 0:
+                return
