@@ -96,6 +96,8 @@ class Ledger:
         self._flagged: set[str] = set()
         self._last_verified_ms: int | None = None
         self._last_pass_ok = True
+        self._passes = 0
+        self._pass_done = trio.Event()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -315,7 +317,14 @@ class Ledger:
                 self._note_failure(report.error)
         self._last_verified_ms = self._clock_ms()
         self._last_pass_ok = not failed
+        self._passes += 1
+        self._pass_done.set()
+        self._pass_done = trio.Event()
         return reports
+
+    async def wait_verification_pass(self) -> None:
+        """Return after the next full re-verification (scheduled or `verify_now`) completes."""
+        await self._pass_done.wait()
 
     def _verify_snapshot(self) -> list[ChainReport]:
         reader = Store.open(self.path, readonly=True)
@@ -346,6 +355,7 @@ class Ledger:
             "running": self._store is not None,
             "verified": self._last_pass_ok,
             "last_verified_ms": self._last_verified_ms,
+            "verification_passes": self._passes,
             "failures": list(self._failures),
             "forks": sorted(self._flagged),
             "counts": dict(self._counts),

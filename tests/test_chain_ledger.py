@@ -1,0 +1,140 @@
+"""The trio ledger service: batching, durability receipts, restart, forks, background verifier."""
+
+import json
+import math
+import sqlite3
+
+import pytest
+import trio
+import trio.testing
+
+from chain import LedgerClosed, UnknownRecordType
+from chain.audit import verify_store
+from chain.ledger import Ledger, LedgerConfig
+from chain.store import Store
+from chain.testing import build_chain
+from node.identity import Identity
+
+FAST = LedgerConfig(max_batch_records=200, max_batch_delay=0.05, verify_interval=math.inf)
+
+
+async def records_of(ledger: Ledger, record_type: str) -> list[dict]:
+    from chain import queries
+    return (await ledger.query(queries.find, record_type=record_type, author=ledger.author))["records"]
+
+
+async def test_concurrent_appends_are_batched_and_receipts_point_to_stored_records(tmp_path):
+    ident = Identity.generate()
+    ledger = Ledger(tmp_path, ident, FAST)
+    receipts = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger.run)
+
+        async def one(i: int) -> None:
+            receipts[i] = await ledger.append("market_batch_ingested", {"ticks": i, "source": "test"}, ident.peer_id)
+
+        async with trio.open_nursery() as appenders:
+            for i in range(1000):
+                appenders.start_soon(one, i)
+        status = ledger.status()
+        json.dumps(status)
+        assert status["counts"]["records"] == 1000
+        assert status["height"] + 1 <= 50, "1000 records should need only a handful of blocks"
+        nursery.cancel_scope.cancel()
+    store = Store.open(tmp_path / "ledger.sqlite", readonly=True)
+    try:
+        assert all(r.error is None for r in verify_store(store))
+        for i, receipt in receipts.items():
+            (row,) = store.find(record_hash=receipt.record_hash, limit=2)
+            assert (row.author, row.height, row.index) == (receipt.author, receipt.height, receipt.index)
+        from chain import queries
+        shown = queries.show(store, ident.peer_id, receipts[7].height)["records"][receipts[7].index]
+        assert shown["payload"] == {"ticks": 7, "source": "test"}
+    finally:
+        store.close()
+
+
+async def test_restart_continues_own_chain_and_rejects_bad_records(tmp_path):
+    ident = Identity.generate()
+    for run in range(3):
+        ledger = Ledger(tmp_path, ident, FAST)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ledger.run)
+            assert ledger.height == (None if run == 0 else run - 1)
+            with pytest.raises(UnknownRecordType):
+                await ledger.append("heartbeat", {}, ident.peer_id)
+            receipt = await ledger.append("peer_joined", {"peer": f"p{run}"}, ident.peer_id)
+            assert receipt.height == run and ledger.height == run
+            nursery.cancel_scope.cancel()
+    with pytest.raises(LedgerClosed):
+        await ledger.append("peer_joined", {"peer": "late"}, ident.peer_id)
+
+
+async def test_replication_fork_is_recorded_once_per_author(tmp_path):
+    alice = Identity.generate()
+    chain = build_chain(alice, 5)
+    ledger = Ledger(tmp_path, Identity.generate(), FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger.run)
+        result = await ledger.ingest_blocks(alice.peer_id, [b.encode() for b in chain])
+        assert result.error is None and result.added == 5
+        assert [(h.author, h.height) for h in await ledger.heads()] == [(alice.peer_id, 4)]
+        assert await ledger.signed_head(alice.peer_id) == chain[-1].signed_header.encode()
+        twin = build_chain(alice, 1, records_per_block=1, prev=chain[2].header)[0]
+        result = await ledger.ingest_blocks(alice.peer_id, [twin.encode()])
+        assert result.error.code == "fork_detected" and result.fork_proof
+        other_twin = build_chain(alice, 1, records_per_block=2, prev=chain[1].header)[0]
+        assert await ledger.offer_header(other_twin.signed_header.encode()) is not None
+        assert len(await ledger.fork_proofs()) == 2
+        assert ledger.status()["forks"] == [alice.peer_id]
+        await trio.testing.wait_all_tasks_blocked()
+        await ledger.append("portfolio_set", {"weights": {"BTC": 1.0}}, ledger.author)  # after any fork record
+        forks = await records_of(ledger, "fork_detected")
+        assert len(forks) == 1 and forks[0]["payload"]["author"] == alice.peer_id
+        nursery.cancel_scope.cancel()
+
+
+async def test_background_verifier_quarantines_and_reports_each_failure_once(tmp_path):
+    alice = Identity.generate()
+    chain = build_chain(alice, 6)
+    config = LedgerConfig(max_batch_delay=0.01, verify_interval=0.01)
+    ledger = Ledger(tmp_path, Identity.generate(), config)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger.run)
+        assert (await ledger.ingest_blocks(alice.peer_id, [b.encode() for b in chain])).added == 6
+        await ledger.wait_verification_pass()
+        assert ledger.status()["verified"]
+        conn = sqlite3.connect(tmp_path / "ledger.sqlite")
+        conn.execute("UPDATE records SET actor = 'forged' WHERE height = 4 AND idx = 1")
+        conn.commit()
+        conn.close()
+        for _ in range(3):
+            await ledger.wait_verification_pass()
+        status = ledger.status()
+        assert [(f["author"], f["height"], f["code"]) for f in status["failures"]] == \
+            [(alice.peer_id, 4, "corrupt_store")]
+        await trio.testing.wait_all_tasks_blocked()
+        await ledger.append("portfolio_set", {}, ledger.author)
+        failures = await records_of(ledger, "ledger_verification_failed")
+        assert [(f["payload"]["author"], f["payload"]["height"]) for f in failures] == [(alice.peer_id, 4)]
+        assert [(h.author, h.height) for h in await ledger.heads() if h.author == alice.peer_id] == \
+            [(alice.peer_id, 3)]
+        again = await ledger.ingest_blocks(alice.peer_id, [b.encode() for b in chain])
+        assert again.error is None and again.added == 2  # repaired from a peer
+        await ledger.wait_verification_pass()
+        assert ledger.status()["verified"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_report_failure_deduplicates(tmp_path):
+    from chain.errors import BrokenChain
+    ledger = Ledger(tmp_path, Identity.generate(), FAST)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger.run)
+        for _ in range(3):
+            await ledger.report_failure(BrokenChain("bad link", author="peerX", height=9), sender="peerY")
+        await trio.testing.wait_all_tasks_blocked()
+        await ledger.append("portfolio_set", {}, ledger.author)
+        failures = await records_of(ledger, "ledger_verification_failed")
+        assert len(failures) == 1 and failures[0]["payload"]["sender"] == "peerY"
+        nursery.cancel_scope.cancel()
