@@ -28,7 +28,8 @@ from node.ledger_service import LedgerService
 from node.membership import CertificateError, parse_authority_public_key, read_certificate, verify_certificate
 from node.metrics import Metrics
 from node.peers import PeerTable
-from node.protocols import adverts, control
+from node.delivery import Dispatcher
+from node.protocols import adverts, control, ticks
 from node.protocols.control import CommandError, CommandRegistry
 from node.roles import ROLES, RoleContext, capabilities_of
 
@@ -87,8 +88,11 @@ class Node:
         self._register_commands()
         self.ledger = LedgerService(self.config.data_dir, self.identity, host, self.admission, self.metrics,
                                     self.control, announce_interval_s=self.config.heartbeat_s)
+        batch_handlers: dict = {}  # batch kind -> role function; roles fill it in their __init__
+        host.set_stream_handler(ticks.PROTOCOL_ID, ticks.Handler(self.admission, self.metrics, batch_handlers))
+        dispatcher = Dispatcher(host, self.peers, self.capabilities, batch_handlers, self.metrics)
         ctx = RoleContext(self.config, self.identity, host, self.peers, self.admission, self.control, self.metrics,
-                          {"ledger": self.ledger})
+                          {"ledger": self.ledger, "batch_handlers": batch_handlers, "dispatcher": dispatcher})
         self.roles = [ROLES[name](ctx) for name in self.config.roles]
         async with host.running(list(self.config.listen)):
             async with trio.open_nursery() as nursery:

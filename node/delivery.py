@@ -1,0 +1,63 @@
+"""Deliver a batch to the owner of a key for a capability, failing over down the ranking.
+
+Candidates are the live peers advertising the capability, plus this node when one of its own
+roles has it (then the batch is handed over in-process, no stream). The ranking is rendezvous
+hashing (`node.routing`), so every node agrees on owners without coordination.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from node.host import Host
+from node.metrics import Metrics
+from node.peers import PeerTable
+from node.protocols import ticks
+from node.routing import rank
+
+log = logging.getLogger("quantian.delivery")
+
+
+class Dispatcher:
+    def __init__(self, host: Host, peers: PeerTable, own_capabilities: tuple[str, ...],
+                 local_handlers: dict[str, ticks.BatchFn], metrics: Metrics) -> None:
+        self._host = host
+        self._peers = peers
+        self._own_capabilities = own_capabilities
+        self._local = local_handlers
+        self._metrics = metrics
+        self._senders = ticks.Senders(host)
+
+    def candidates(self, capability: str, key: str) -> list[str]:
+        """Live peers able to do `capability`, best owner of `key` first (may include this node)."""
+        peer_ids = [e.peer_id for e in self._peers.providers(capability)]
+        if capability in self._own_capabilities:
+            peer_ids.append(self._host.peer_id)
+        return rank(key, peer_ids)
+
+    async def send_to(self, peer_id: str, batch: ticks.Batch) -> dict[str, Any]:
+        """Send one batch to one peer (in-process when it is us). Raises DeliveryFailed / BatchRefused."""
+        if peer_id == self._host.peer_id:
+            handler = self._local.get(batch.kind)
+            if handler is None:
+                raise ticks.BatchRefused(f"this node has no {batch.kind} handler")
+            return await handler(peer_id, batch)
+        return await self._senders.to(peer_id).send(batch)
+
+    async def deliver(self, capability: str, key: str, batch: ticks.Batch, *, max_candidates: int = 3) -> tuple[str, dict]:
+        """Try the owner of `key`, then the next-ranked peers. Returns (peer, ack) or raises DeliveryFailed."""
+        errors = []
+        for peer_id in self.candidates(capability, key)[:max_candidates]:
+            try:
+                ack = await self.send_to(peer_id, batch)
+            except (ticks.DeliveryFailed, ticks.BatchRefused) as exc:
+                self._metrics.inc(f"delivery.failed.{batch.kind}")
+                errors.append(str(exc))
+                log.warning("%s", exc)
+                continue
+            self._metrics.inc(f"delivery.batches.{batch.kind}")
+            self._metrics.inc(f"delivery.items.{batch.kind}", len(batch.items))
+            return peer_id, ack
+        reason = "; ".join(errors) if errors else f"no live peer can {capability}"
+        raise ticks.DeliveryFailed(reason)
