@@ -7,7 +7,7 @@ stored block is kept exactly as encoded here, so verification re-hashes the sign
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from node.identity import Identity, peer_id_from_public_key, tagged
 
@@ -43,9 +43,9 @@ class BlockHeader:
     def hash(self) -> bytes:
         return codec.digest(BLOCK_DOMAIN, codec.encode(self.fields()))
 
-    @cached_property
+    @property
     def author_id(self) -> str:
-        return peer_id_from_public_key(self.author)
+        return _peer_id(self.author)
 
     @classmethod
     def from_fields(cls, value: object) -> "BlockHeader":
@@ -59,6 +59,11 @@ class BlockHeader:
         if height < 0 or count < 0:
             raise DecodeError("block header has a negative height or count")
         return cls(version, author, height, prev, ts, count, root)
+
+
+@lru_cache(maxsize=4096)
+def _peer_id(public_key: bytes) -> str:
+    return peer_id_from_public_key(public_key)
 
 
 def _is_hash(value: object) -> bool:
@@ -111,6 +116,7 @@ class Block:
     def signed_header(self) -> SignedHeader:
         return SignedHeader(self.header, self.signature)
 
+    @cached_property
     def record_hashes(self) -> list[bytes]:
         return [record_hash(r) for r in self.records]
 

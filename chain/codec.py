@@ -41,11 +41,16 @@ def decode(data: bytes, *, max_size: int, what: str) -> Any:
     return value
 
 
+_SCALARS = frozenset({type(None), bool, int, float, str, bytes})
+
+
 def check_plain(value: Any, what: str, depth: int = 0) -> None:
     """Accept None, bool, int, float, str, bytes, list and str-keyed dict, nothing else."""
+    if type(value) in _SCALARS:
+        return
     if depth > MAX_DEPTH:
         raise DecodeError(f"{what} nests deeper than {MAX_DEPTH}")
-    if value is None or isinstance(value, (bool, int, float, str, bytes)):
+    if isinstance(value, (bool, int, float, str, bytes)) or value is None:
         return
     if isinstance(value, (list, tuple)):
         for item in value:

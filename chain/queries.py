@@ -39,7 +39,7 @@ def _record_dict(block: Block, index: int, author: str) -> dict:
     record = decode_record(block.records[index])
     return {"author": author, "height": block.height, "index": index, "type": record.type,
             "actor": record.actor, "timestamp_ms": record.timestamp_ms,
-            "record_hash": block.record_hashes()[index].hex(), "payload": jsonable(record.payload)}
+            "record_hash": block.record_hashes[index].hex(), "payload": jsonable(record.payload)}
 
 
 def _rows_with_payload(store: Store, rows: list[IndexRow]) -> list[dict]:

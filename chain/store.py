@@ -67,7 +67,7 @@ class IndexRow:
 
 def index_rows(block: Block) -> list[tuple[int, str, str, int, bytes]]:
     """(index, type, actor, timestamp, hash) of each record; the block is already verified."""
-    hashes = block.record_hashes()
+    hashes = block.record_hashes
     rows = []
     for i, data in enumerate(block.records):
         rtype, actor, ts, _ = cbor2.loads(data)

@@ -89,7 +89,7 @@ def _check_records(block: Block, where: dict) -> None:
             decode_record(data)
         except DecodeError as exc:
             raise DecodeError(f"record {index}: {exc.reason}", **where) from None
-    if merkle_root(block.record_hashes()) != block.header.merkle_root:
+    if merkle_root(block.record_hashes) != block.header.merkle_root:
         raise BadMerkleRoot("Merkle root does not match the records", **where)
 
 
@@ -166,7 +166,7 @@ class InclusionProof:
 
 def make_inclusion_proof(block: Block, index: int) -> bytes:
     """Proof that record `index` is in `block`: the record, its Merkle path, the signed header."""
-    path = merkle_path(block.record_hashes(), index)
+    path = merkle_path(block.record_hashes, index)
     return codec.encode([INCLUSION_PROOF_TAG, block.header.fields(), block.signature, index,
                          block.records[index], path])
 
