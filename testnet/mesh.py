@@ -152,4 +152,7 @@ def wait_mesh(client, nodes: list[NodeState], deadline: float, progress: Callabl
 
 
 def stderr_progress(msg: str) -> None:
-    print(f"[testnet] {msg}", file=sys.stderr, flush=True)
+    try:
+        print(f"[testnet] {msg}", file=sys.stderr, flush=True)
+    except OSError:  # stderr piped into something that died with the same Ctrl-C: keep tearing down
+        pass
