@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     directory = resolve_dir(args.dir)
+    # SIGTERM/SIGHUP unwind like Ctrl-C, so `up` and `run` stop what they started.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_interrupt)
     try:
         return COMMANDS[args.command](args, directory)
     except (TestnetError, PlanError) as exc:
@@ -127,8 +130,6 @@ def _raise_interrupt(signum, frame):
 def cmd_run(args, directory: Path) -> int:
     from testnet.mesh import open_client
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _raise_interrupt)
     shell = importlib.util.find_spec("shell.app") is not None
     try:
         network.up(directory, **_up_kwargs(args))

@@ -26,11 +26,19 @@ class NotReady(TestnetError):
 
 @contextlib.contextmanager
 def open_client(operator_dir: Path) -> Iterator[object]:
-    from node.control_client import ControlClient, OperatorCredentials
+    """A started ControlClient holding the operator's credentials; TestnetError if it cannot be had."""
+    from node.control_client import ControlClient, ControlError, OperatorCredentials
+    from node.identity import IdentityError
 
-    creds = OperatorCredentials.load(operator_dir)
-    with ControlClient(creds) as client:
+    try:
+        client = ControlClient(OperatorCredentials.load(operator_dir))
+        client.__enter__()
+    except (ControlError, IdentityError) as exc:
+        raise TestnetError(f"cannot act as the testnet operator ({operator_dir}): {exc}") from None
+    try:
         yield client
+    finally:
+        client.__exit__(None, None, None)
 
 
 def control_error_type() -> type[Exception]:

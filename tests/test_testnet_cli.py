@@ -141,3 +141,37 @@ def test_down_stops_the_whole_process_group(tmp_path, make_testnet):
     make_testnet(tmp_path).cli("down")
     assert all(not make_testnet.pid_alive(int(c)) for c in children)
     assert json.loads((tmp_path / "testnet.json").read_text())["stopped_at"]
+
+
+class _FakeClient:
+    """Answers `status` from a table: node multiaddr -> list of (peer_id, state, capabilities)."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def request(self, multiaddr, command, args=None, timeout=20.0):
+        assert command == "status"
+        peers = [{"peer_id": p, "state": s, "capabilities": c} for p, s, c in self.table[multiaddr]]
+        return {"peers": peers}
+
+
+def test_mesh_check_names_which_node_misses_which_peers(tmp_path):
+    from testnet.mesh import check_mesh, describe
+
+    nodes = []
+    for i, name in enumerate(("bootstrap-1", "iot-1", "risk-1")):
+        data_dir = tmp_path / name
+        data_dir.mkdir()
+        (data_dir / "node.json").write_text(json.dumps({"capabilities": [f"cap-{name}"], "listen": [f"/ip4/127.0.0.1/tcp/{4000 + i}/p2p/P{i}"]}))
+        nodes.append(NodeState(name, [name.split("-")[0]], 4000 + i, str(data_dir), f"P{i}", []))
+    caps = {n.peer_id: [f"cap-{n.name}"] for n in nodes}
+    full = {n.multiaddr: [(p, "online", caps[p]) for p in caps if p != n.peer_id] for n in nodes}
+    assert check_mesh(_FakeClient(full), nodes).complete
+
+    partial = dict(full)
+    partial[nodes[1].multiaddr] = [("P0", "online", caps["P0"]), ("P2", "stale", caps["P2"])]  # iot-1: risk-1 stale
+    partial[nodes[2].multiaddr] = [("P0", "online", []), ("P1", "online", caps["P1"])]  # risk-1: no caps of bootstrap-1 yet
+    report = check_mesh(_FakeClient(partial), nodes)
+    assert not report.complete
+    assert report.missing == {"iot-1": ["risk-1"], "risk-1": ["bootstrap-1"]}
+    assert describe(report) == "iot-1 misses risk-1; risk-1 misses bootstrap-1"

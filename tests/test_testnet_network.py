@@ -174,3 +174,12 @@ def test_run_in_the_foreground_and_ctrl_c_stops_everything(tmp_path, make_testne
             proc.kill()
             net.cli("down", check=False)
         reader.join(5)
+
+
+def test_up_that_times_out_says_why_and_leaves_nothing_running(tmp_path, make_testnet):
+    net = make_testnet(tmp_path / "short")
+    proc = net.cli("up", "--no-broker", "--timeout", "1", check=False)
+    assert proc.returncode == 1
+    assert "timed out" in proc.stderr and "bootstrap-1" in proc.stderr, proc.stderr
+    pids = net.all_pids()
+    assert len(pids) == 6 and [p for p in pids if net.pid_alive(p)] == []
