@@ -20,9 +20,9 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -41,6 +41,7 @@ USERNAME_ENV = "QUANTIAN_MQTT_USERNAME"
 PASSWORD_ENV = "QUANTIAN_MQTT_PASSWORD"
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason "Unsupported protocol version" (3.1.1 return code 1)
 Protocol = Literal["auto", "v5", "v311"]
+T = TypeVar("T")
 
 
 class MqttError(Exception):
@@ -142,6 +143,30 @@ def connect_properties(*, receive_maximum: int, session_expiry_s: int) -> Proper
     return props
 
 
+def probe_mqtt5(address: BrokerAddress, *, client_id: str, timeout: float = 10.0) -> bool:
+    """Blocking: True when the broker accepts an MQTT 5 CONNECT, False when it answers
+    "unsupported protocol version" (amqtt). Uses its own clean client id, never the bridge's
+    session (amqtt misreads an MQTT 5 CONNECT that carries properties and never answers)."""
+    client = make_client(address, client_id=client_id, protocol=mqtt.MQTTv5)
+    answers: list = []
+    client.on_connect = lambda _c, _u, _f, reason_code, _p: answers.append(reason_code)
+    client.connect(address.host, address.port, keepalive=10)
+    try:
+        end = time.monotonic() + timeout
+        while not answers and time.monotonic() < end:
+            if client.loop(timeout=0.1) not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN):
+                break
+    finally:
+        client.disconnect()
+    if not answers:
+        raise BrokerUnreachable(f"no CONNACK from {address.display} within {timeout} s")
+    if answers[0].value == UNSUPPORTED_PROTOCOL:
+        return False
+    if answers[0].is_failure:
+        raise ConnectRefused(f"MQTT broker {address.display} refused: {answers[0]}")
+    return True
+
+
 @dataclass(frozen=True)
 class BridgeConfig:
     url: str
@@ -199,9 +224,9 @@ class Bridge:
         self._connection = 0
         self._received = self._acked = self._stale = self._reconnects = 0
         self._connected = False
+        self._stopping = False
         self._subscribed_on = 0  # connection number whose SUBACK arrived
         self._failure: str | None = None
-        self._failure_code: int | None = None
         self._protocol = ""
         self._subscription = ""
         self._client: mqtt.Client | None = None
@@ -243,18 +268,19 @@ class Bridge:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, subscribe, report started, then relay messages until cancelled."""
         self._token = trio.lowlevel.current_trio_token()
-        protocols = {"auto": [mqtt.MQTTv5, mqtt.MQTTv311], "v5": [mqtt.MQTTv5], "v311": [mqtt.MQTTv311]}
+        deadline = trio.current_time() + self.config.connect_timeout_s
         try:
-            for index, protocol in enumerate(protocols[self.config.protocol]):
-                try:
-                    await self._start_client(protocol)
-                    break
-                except ConnectRefused:
-                    last = index == len(protocols[self.config.protocol]) - 1
-                    if last or self._failure_code != UNSUPPORTED_PROTOCOL:
-                        raise
+            if self.config.protocol == "auto":
+                probe_id = f"{self.config.client_id}-probe"
+                v5 = await self._retry_connect(
+                    lambda: probe_mqtt5(self.address, client_id=probe_id, timeout=self.config.connect_timeout_s),
+                    deadline,
+                )
+                if not v5:
                     log.info("mqtt %s: MQTT 5 not supported, using 3.1.1", self.address.display)
-                    await self._stop_client()
+            else:
+                v5 = self.config.protocol == "v5"
+            await self._start_client(mqtt.MQTTv5 if v5 else mqtt.MQTTv311, deadline)
             task_status.started()
             await trio.sleep_forever()
         finally:
@@ -262,7 +288,22 @@ class Bridge:
             with trio.CancelScope(shield=True):
                 await self._stop_client()
 
-    async def _start_client(self, protocol: int) -> None:
+    async def _retry_connect(self, connect: Callable[[], T], deadline: float) -> T:
+        """Run the blocking ``connect`` in a thread, retrying refused TCP connections until
+        ``deadline``; TLS failures are final."""
+        delay = 0.1
+        while True:
+            try:
+                return await trio.to_thread.run_sync(connect)
+            except ssl.SSLError as exc:
+                raise BrokerUnreachable(f"TLS to {self.address.display} failed: {exc}") from None
+            except OSError as exc:
+                if trio.current_time() + delay > deadline:
+                    raise BrokerUnreachable(f"cannot connect to MQTT broker {self.address.display}: {exc}") from None
+                await trio.sleep(delay)  # retry back-off, not ordering
+                delay = min(delay * 2, 2.0)
+
+    async def _start_client(self, protocol: int, deadline: float) -> None:
         cfg = self.config
         v5 = protocol == mqtt.MQTTv5
         client = make_client(self.address, client_id=cfg.client_id, protocol=protocol, manual_ack=True, persistent=True)
@@ -273,7 +314,7 @@ class Bridge:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         self._protocol = "5" if v5 else "3.1.1"
-        self._failure = self._failure_code = None
+        self._failure = None
         self._client = client
         kwargs: dict = {}
         if v5:
@@ -283,23 +324,9 @@ class Bridge:
                     receive_maximum=cfg.receive_maximum, session_expiry_s=cfg.session_expiry_s
                 ),
             }
-        deadline = trio.current_time() + cfg.connect_timeout_s
-        delay = 0.1
-        while True:
-            try:
-                await trio.to_thread.run_sync(
-                    lambda: client.connect(self.address.host, self.address.port, cfg.keepalive_s, **kwargs)
-                )
-                break
-            except ssl.SSLError as exc:
-                raise BrokerUnreachable(f"TLS to {self.address.display} failed: {exc}") from None
-            except OSError as exc:
-                if trio.current_time() + delay > deadline:
-                    raise BrokerUnreachable(
-                        f"cannot connect to MQTT broker {self.address.display}: {exc}"
-                    ) from None
-                await trio.sleep(delay)  # retry back-off, not ordering
-                delay = min(delay * 2, 2.0)
+        await self._retry_connect(
+            lambda: client.connect(self.address.host, self.address.port, cfg.keepalive_s, **kwargs), deadline
+        )
         client.loop_start()
         with trio.move_on_at(deadline):
             while True:
@@ -319,6 +346,8 @@ class Bridge:
         client = self._client
         if client is None:
             return
+
+        self._stopping = True
 
         def stop() -> None:
             client.disconnect()
@@ -342,7 +371,6 @@ class Bridge:
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             self._failure = str(reason_code)
-            self._failure_code = reason_code.value
             log.warning("mqtt %s: connect refused: %s", self.address.display, reason_code)
             self._notify()
             return
@@ -378,7 +406,7 @@ class Bridge:
         with self._lock:
             was = self._connected
             self._connected = False
-        if was:
+        if was and not self._stopping:
             log.warning("mqtt %s: disconnected (%s), reconnecting", self.address.display, reason_code)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:

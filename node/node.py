@@ -32,10 +32,12 @@ from node.delivery import Dispatcher
 from node.protocols import adverts, control, ticks
 from node.protocols.control import CommandError, CommandRegistry
 from node.roles import ROLES, RoleContext, capabilities_of
+from node import views
 
 log = logging.getLogger("quantian.node")
 
 READY_FILE = "node.json"
+ROUTED_CAPABILITIES = ("ingest_market_data", "detect_anomalies", "compute_risk")
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
@@ -88,6 +90,7 @@ class Node:
         self._register_commands()
         self.ledger = LedgerService(self.config.data_dir, self.identity, host, self.admission, self.metrics,
                                     self.control, announce_interval_s=self.config.heartbeat_s)
+        views.register(self.control, self.ledger, self.identity)
         batch_handlers: dict = {}  # batch kind -> role function; roles fill it in their __init__
         host.set_stream_handler(ticks.PROTOCOL_ID, ticks.Handler(self.admission, self.metrics, batch_handlers))
         dispatcher = Dispatcher(host, self.peers, self.capabilities, batch_handlers, self.metrics)
@@ -179,6 +182,7 @@ class Node:
         self.control.register("caps", self._cmd_caps, "live peers by capability (args: capability)")
         self.control.register("metrics", self._cmd_metrics, "all counters")
         self.control.register("commands", self._cmd_commands, "the commands this node serves")
+        self.control.register("route", self._cmd_route, "which peers own a symbol, per pipeline capability (args: symbol)")
 
     def status(self) -> dict[str, Any]:
         counts = self.peers.counts()
@@ -214,6 +218,16 @@ class Node:
         if wanted is not None:
             by_cap.setdefault(wanted, [])
         return {"capabilities": dict(sorted(by_cap.items()))}
+
+    async def _cmd_route(self, args: dict, operator: str) -> dict:
+        symbol = args.get("symbol")
+        if not isinstance(symbol, str) or not symbol:
+            raise CommandError("usage: route SYMBOL")
+        dispatcher = Dispatcher(self.host, self.peers, self.capabilities, {}, self.metrics)
+        names = {e.peer_id: e.name for e in self.peers.entries()} | {self.peer_id: self.name}
+        return {"symbol": symbol, "routes": {
+            cap: [{"peer_id": p, "name": names.get(p, "")} for p in dispatcher.candidates(cap, symbol)]
+            for cap in ROUTED_CAPABILITIES}}
 
     async def _cmd_metrics(self, args: dict, operator: str) -> dict:
         return {"counters": self.metrics.snapshot()}

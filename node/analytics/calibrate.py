@@ -68,4 +68,4 @@ def fisher(logp: np.ndarray) -> np.ndarray:
 
 def to_score(logp: np.ndarray, decades: float) -> np.ndarray:
     """Map log p to [0, 1]: ``-log10(p) / decades``, clipped."""
-    return np.clip(-logp / (LN10 * decades), 0.0, 1.0)
+    return np.clip(-logp / (LN10 * decades), 0.0, 1.0) + 0.0  # no -0.0

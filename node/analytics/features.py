@@ -44,13 +44,15 @@ class FeatureBank:
         self._step_short = EWMean(2.0 / (noise_span + 1))
         self._last_x = float("nan")
         self._last_step_long = float("nan")
+        self._last_scale = float("nan")
         self._scale = EWMean(2.0 / (long_span + 1))  # mean |x| for the floors
 
     def update(self, x: np.ndarray) -> np.ndarray:
         """Features of each row of ``x`` (shape ``(len(x), len(names))``)."""
         x = np.asarray(x, dtype=float)
         mean, var = self._long.update(x)
-        scale = lagged(self._scale.update(np.abs(x)), float("nan"))
+        level = self._scale.update(np.abs(x))
+        scale = lagged(level, self._last_scale)
         floor = np.maximum(_REL_FLOOR * np.nan_to_num(scale, nan=0.0), _ABS_FLOOR) ** 2
         std = np.sqrt(np.maximum(np.nan_to_num(var, nan=0.0), floor))
         prev_x = lagged(x, self._last_x)
@@ -64,6 +66,7 @@ class FeatureBank:
         if len(x):
             self._last_x = float(x[-1])
             self._last_step_long = float(energy_long[-1])
+            self._last_scale = float(level[-1])
         out = np.column_stack(cols)
         out[np.isnan(out)] = 0.0
         return np.clip(out, -CLIP, CLIP)

@@ -178,3 +178,28 @@ class Senders:
         sender = self._senders.pop(peer_id, None)
         if sender is not None:
             await sender.close()
+
+
+# --- wire form of a validated tick (iot -> ingestion) ---------------------------------------------
+
+_TICK_FIELDS = ("event_id", "sensor_id", "symbol", "asset_class", "price", "volume", "source",
+                "event_time_us", "received_us", "event_time_given")
+_TICK_TYPES = (str, str, str, str, (int, float), (int, float), str, int, int, bool)
+
+
+def tick_to_wire(tick) -> list[Any]:
+    return [getattr(tick, name) for name in _TICK_FIELDS]
+
+
+def tick_from_wire(item: Any):
+    """Rebuild a validated Tick from a peer; raises BatchRefused on anything malformed."""
+    from node.market_events import Tick
+
+    if not isinstance(item, list) or len(item) != len(_TICK_FIELDS):
+        raise BatchRefused(f"a tick must be a list of {len(_TICK_FIELDS)} fields")
+    for value, kinds, name in zip(item, _TICK_TYPES, _TICK_FIELDS):
+        if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not bool):
+            raise BatchRefused(f"tick field {name} has type {type(value).__name__}")
+    if not (item[4] > 0 and item[5] >= 0):
+        raise BatchRefused("tick price must be > 0 and volume >= 0")
+    return Tick(*item)

@@ -1,8 +1,157 @@
-"""ingestion role: normalise, de-duplicate and route market events. Pipeline not wired yet: idle."""
+"""ingestion role: normalise and de-duplicate ticks, store them, route them to anomaly and risk.
 
+A tick batch from an iot bridge is acknowledged only once its events are committed to the
+event store; forwarders then move pending events to the owner of each symbol for
+`detect_anomalies` and for `compute_risk` (rendezvous hashing over live peers, failing over to
+the next-ranked), mark them delivered on ack, and record `batch_routed` — or `routing_failed`
+once per outage while the events wait for redelivery. Nothing accepted is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from node.event_store import EventStore
+from node.market_events import MarketEvent, Normaliser
+from node.protocols import ticks
+from node.protocols.control import CommandError
 from node.roles.base import Role
+
+log = logging.getLogger("quantian.ingestion")
+
+FORWARD_BATCH = 2000
+BACKOFF_MIN_S = 0.2
+BACKOFF_MAX_S = 5.0
+DOWNSTREAM = {"score": "detect_anomalies", "risk": "compute_risk"}
 
 
 class IngestionRole(Role):
     name = "ingestion"
     capabilities = ("ingest_market_data", "store_market_events", "publish_events")
+
+    def __init__(self, ctx) -> None:
+        super().__init__(ctx)
+        self.store: EventStore | None = None
+        self._normaliser = Normaliser()
+        self._lock = trio.Lock()
+        self._wake = {kind: trio.Event() for kind in DOWNSTREAM}
+        self.counts = {"batches": 0, "received": 0, "ingested": 0, "duplicates": 0,
+                       "routed_score": 0, "routed_risk": 0, "routing_failures": 0}
+        self._outage: dict[str, bool] = {kind: False for kind in DOWNSTREAM}
+        ctx.services["batch_handlers"][ticks.KIND_INGEST] = self.on_batch
+        ctx.control.register("ticks recent", self._cmd_recent, "recent market events (args: symbol, limit)")
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        self.store = await trio.to_thread.run_sync(EventStore, self.ctx.config.data_dir)
+        try:
+            async with trio.open_nursery() as nursery:
+                for kind in DOWNSTREAM:
+                    nursery.start_soon(self._forward, kind)
+                task_status.started()
+        finally:
+            self.store.close()
+
+    # --- inbound -----------------------------------------------------------------------------
+
+    async def on_batch(self, sender: str, batch: ticks.Batch) -> dict[str, Any]:
+        if self.store is None:
+            raise ticks.BatchRefused("ingestion store is not open yet")
+        decoded = [ticks.tick_from_wire(item) for item in batch.items]
+        async with self._lock:  # one batch at a time keeps per-symbol derivation in order
+            known = await trio.to_thread.run_sync(self.store.known, [t.event_id for t in decoded])
+            fresh: list[MarketEvent] = []
+            seen: set[str] = set()
+            for tick in decoded:
+                if tick.event_id in known or tick.event_id in seen:
+                    continue
+                seen.add(tick.event_id)
+                fresh.append(self._normaliser.derive(tick))
+            rows = [(e.event_id, e.symbol, e.event_time_us, e.to_wire()) for e in fresh]
+            added = await trio.to_thread.run_sync(self.store.add, rows) if rows else 0
+        duplicates = len(decoded) - added
+        self.counts["batches"] += 1
+        self.counts["received"] += len(decoded)
+        self.counts["ingested"] += added
+        self.counts["duplicates"] += duplicates
+        self.ctx.metrics.inc("ingestion.ticks", added)
+        self.ctx.metrics.inc("ingestion.duplicates", duplicates)
+        for event in self._wake.values():
+            event.set()
+        if added:
+            self.ctx.services["ledger"].record_soon("market_batch_ingested", {
+                "ticks": added, "duplicates": duplicates, "from": sender,
+                "merkle_root": ticks.batch_root([e.event_id for e in fresh])}, self.ctx.identity.peer_id)
+        return {"accepted": added, "duplicates": duplicates}
+
+    # --- outbound ----------------------------------------------------------------------------
+
+    async def _forward(self, kind: str) -> None:
+        capability = DOWNSTREAM[kind]
+        dispatcher = self.ctx.services["dispatcher"]
+        backoff = BACKOFF_MIN_S
+        while True:
+            self._wake[kind] = trio.Event()
+            pending = await trio.to_thread.run_sync(self.store.pending, kind, FORWARD_BATCH)
+            if not pending:
+                await self._wake[kind].wait()
+                continue
+            groups: dict[str, list[tuple[int, str, str, list]]] = {}
+            for row in pending:
+                candidates = dispatcher.candidates(capability, row[2])
+                groups.setdefault(candidates[0] if candidates else "", []).append(row)
+            delivered_all = True
+            for owner, rows in groups.items():
+                if not await self._deliver_group(kind, capability, rows):
+                    delivered_all = False
+                    break
+            if delivered_all:
+                backoff = BACKOFF_MIN_S
+                if self._outage[kind]:
+                    self._outage[kind] = False
+                    log.info("%s routing recovered", kind)
+            else:
+                await trio.sleep(backoff)  # waiting for a peer to (re)appear: elapsed time is the point
+                backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _deliver_group(self, kind: str, capability: str, rows: list[tuple[int, str, str, list]]) -> bool:
+        dispatcher = self.ctx.services["dispatcher"]
+        ledger = self.ctx.services["ledger"]
+        me = self.ctx.identity.peer_id
+        batch = ticks.new_batch(kind, [r[3] for r in rows], [r[1] for r in rows])
+        try:
+            peer, _ack = await dispatcher.deliver(capability, rows[0][2], batch)
+        except ticks.DeliveryFailed as exc:
+            self.counts["routing_failures"] += 1
+            if not self._outage[kind]:  # one record per outage, not per retry
+                self._outage[kind] = True
+                ledger.record_soon("routing_failed", {"kind": kind, "capability": capability, "ticks": len(rows),
+                                                      "reason": str(exc)[:500]}, me)
+                log.warning("cannot route %d %s events yet: %s", len(rows), kind, exc)
+            return False
+        await trio.to_thread.run_sync(self.store.mark_delivered, kind, [r[0] for r in rows])
+        self.counts[f"routed_{kind}"] += len(rows)
+        ledger.record_soon("batch_routed", {"to": peer, "kind": kind, "ticks": len(rows),
+                                            "merkle_root": batch.merkle_root,
+                                            "symbols": sorted({r[2] for r in rows})[:50]}, me)
+        return True
+
+    # --- commands ----------------------------------------------------------------------------
+
+    async def _cmd_recent(self, args: dict, operator: str) -> dict:
+        symbol = args.get("symbol")
+        limit = args.get("limit", 20)
+        if symbol is not None and not isinstance(symbol, str):
+            raise CommandError("symbol must be a string")
+        if not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise CommandError("limit must be an integer from 1 to 1000")
+        wires = await trio.to_thread.run_sync(self.store.recent, symbol, limit)
+        return {"ticks": [MarketEvent.from_wire(w).to_dict() for w in wires]}
+
+    def status(self) -> dict[str, Any]:
+        out = dict(self.counts)
+        if self.store is not None:
+            out.update(self.store.counts())
+        return out

@@ -1,0 +1,137 @@
+"""Ingestion's durable store of market events: de-duplication, outbox and recent-ticks view.
+
+An event is acknowledged to the iot bridge only once it is committed here, so a crash after the
+ack loses nothing: unrouted events stay `pending` for each downstream kind (scoring, risk) and
+are sent again after a restart. The event id is the primary key, so duplicates (QoS 1
+redelivery, two bridges) are dropped durably, across restarts too. Blocking SQLite calls: run
+them in a worker thread. Delivered events are pruned beyond `keep_delivered` rows.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+STORE_FILE_NAME = "events.sqlite"
+DOWNSTREAM_KINDS = ("score", "risk")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    symbol TEXT NOT NULL,
+    event_time_us INTEGER NOT NULL,
+    wire BLOB NOT NULL,
+    pending_score INTEGER NOT NULL DEFAULT 1,
+    pending_risk INTEGER NOT NULL DEFAULT 1
+);
+CREATE INDEX IF NOT EXISTS events_pending_score ON events(pending_score, seq);
+CREATE INDEX IF NOT EXISTS events_pending_risk ON events(pending_risk, seq);
+CREATE INDEX IF NOT EXISTS events_symbol ON events(symbol, seq);
+"""
+
+
+class EventStore:
+    def __init__(self, data_dir: Path, *, keep_delivered: int = 200_000) -> None:
+        self.path = Path(data_dir) / STORE_FILE_NAME
+        self._keep = keep_delivered
+        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.executescript(_SCHEMA)
+        self._inserted_since_prune = 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def known(self, event_ids: list[str]) -> set[str]:
+        """Which of `event_ids` are already stored."""
+        found: set[str] = set()
+        with self._lock:
+            for start in range(0, len(event_ids), 500):
+                chunk = event_ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(r[0] for r in self._conn.execute(
+                    f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk))
+        return found
+
+    def add(self, rows: list[tuple[str, str, int, list[Any]]]) -> int:
+        """Commit (event_id, symbol, event_time_us, wire) rows durably; returns how many were new."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = self._conn.total_changes
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO events(event_id, symbol, event_time_us, wire) VALUES (?,?,?,?)",
+                    [(eid, sym, t, cbor2.dumps(wire)) for eid, sym, t, wire in rows])
+                added = self._conn.total_changes - before
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        self._inserted_since_prune += added
+        if self._inserted_since_prune > 10_000:
+            self._inserted_since_prune = 0
+            self.prune()
+        return added
+
+    def pending(self, kind: str, limit: int) -> list[tuple[int, str, str, list[Any]]]:
+        """Oldest undelivered events for `kind`: (seq, event_id, symbol, wire)."""
+        column = _column(kind)
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT seq, event_id, symbol, wire FROM events WHERE {column} = 1 ORDER BY seq LIMIT ?",
+                (limit,)).fetchall()
+        return [(seq, eid, sym, cbor2.loads(wire)) for seq, eid, sym, wire in rows]
+
+    def mark_delivered(self, kind: str, seqs: list[int]) -> None:
+        column = _column(kind)
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(f"UPDATE events SET {column} = 0 WHERE seq = ?", [(s,) for s in seqs])
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def recent(self, symbol: str | None, limit: int) -> list[list[Any]]:
+        with self._lock:
+            if symbol is None:
+                rows = self._conn.execute("SELECT wire FROM events ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+            else:
+                rows = self._conn.execute("SELECT wire FROM events WHERE symbol = ? ORDER BY seq DESC LIMIT ?",
+                                          (symbol, limit)).fetchall()
+        return [cbor2.loads(r[0]) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            total, score, risk = self._conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(pending_score),0), COALESCE(SUM(pending_risk),0) FROM events").fetchone()
+            symbols = self._conn.execute("SELECT COUNT(DISTINCT symbol) FROM events").fetchone()[0]
+        return {"stored": total, "pending_score": score, "pending_risk": risk, "symbols": symbols}
+
+    def prune(self) -> int:
+        """Drop the oldest fully delivered events beyond `keep_delivered` (bounded disk)."""
+        with self._lock:
+            cutoff = self._conn.execute(
+                "SELECT seq FROM events WHERE pending_score = 0 AND pending_risk = 0 ORDER BY seq DESC LIMIT 1 OFFSET ?",
+                (self._keep,)).fetchone()
+            if cutoff is None:
+                return 0
+            cur = self._conn.execute(
+                "DELETE FROM events WHERE seq <= ? AND pending_score = 0 AND pending_risk = 0", (cutoff[0],))
+            return cur.rowcount
+
+
+def _column(kind: str) -> str:
+    if kind not in DOWNSTREAM_KINDS:
+        raise ValueError(f"unknown downstream kind {kind!r}")
+    return f"pending_{kind}"
