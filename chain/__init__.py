@@ -7,7 +7,7 @@ read a store for the control channel and the offline `ledger` command.
 
 from .errors import (AuthorMismatch, BadHash, BadMerkleRoot, BadProof, BlockTooLarge, BrokenChain, CorruptStore,
                      DecodeError, ForkDetected, HeightGap, InvalidRecord, InvalidSignature, LedgerClosed,
-                     LedgerError, NotFound, OwnChain, TimestampOutOfRange, UnknownRecordType, UnreadableStore,
+                     LedgerError, NotFound, TimestampOutOfRange, UnknownRecordType, UnreadableStore,
                      UnsupportedVersion)
 from .ledger import Ledger, LedgerConfig, Receipt
 from .records import RECORD_TYPES
@@ -17,6 +17,6 @@ from .store import Head
 __all__ = [
     "AuthorMismatch", "BadHash", "BadMerkleRoot", "BadProof", "BlockTooLarge", "BrokenChain", "CorruptStore",
     "DecodeError", "ForkDetected", "HeightGap", "InvalidRecord", "InvalidSignature", "LedgerClosed",
-    "LedgerError", "NotFound", "OwnChain", "TimestampOutOfRange", "UnknownRecordType", "UnreadableStore",
+    "LedgerError", "NotFound", "TimestampOutOfRange", "UnknownRecordType", "UnreadableStore",
     "UnsupportedVersion", "Ledger", "LedgerConfig", "Receipt", "RECORD_TYPES", "IngestResult", "Head",
 ]

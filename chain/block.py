@@ -126,6 +126,8 @@ class Block:
 
 def decode_block(data: bytes) -> Block:
     """Strictly decode a block; structure only (signatures and links are `verify`'s job)."""
+    if not isinstance(data, bytes):
+        raise DecodeError(f"block is stored as {type(data).__name__}, not bytes")
     if len(data) > MAX_BLOCK_BYTES:
         raise BlockTooLarge(f"block is {len(data)} bytes, limit {MAX_BLOCK_BYTES}")
     value = codec.decode(data, max_size=MAX_BLOCK_BYTES, what="block")

@@ -119,12 +119,6 @@ class BadProof(LedgerError):
     code = "bad_proof"
 
 
-class OwnChain(LedgerError):
-    """Another node tried to extend this node's own chain."""
-
-    code = "own_chain"
-
-
 class CorruptStore(LedgerError):
     """The SQLite store is unreadable or its index disagrees with the signed blocks."""
 

@@ -242,8 +242,9 @@ class Ledger:
         store = self._require_store()
         async with self._write_lock:
             result = await trio.to_thread.run_sync(
-                lambda: replica.ingest(store, author, encoded_blocks, now_ms=self._clock_ms(),
-                                       own_author=self.author))
+                lambda: replica.ingest(store, author, encoded_blocks, now_ms=self._clock_ms()))
+            if author == self.author and result.added:  # our own lost tail, returned by a peer
+                self._own_head = await trio.to_thread.run_sync(replica.head_header, store, self.author)
         if result.added:
             self._counts["chains"] += result.added == (result.height or 0) + 1
             self._counts["blocks"] += result.added

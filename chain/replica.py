@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .block import Block, BlockHeader, SignedHeader, decode_block, decode_signed_header
-from .errors import AuthorMismatch, ForkDetected, InvalidSignature, LedgerError, OwnChain
+from .errors import AuthorMismatch, ForkDetected, InvalidSignature, LedgerError
 from .store import Store
 from .verify import encode_fork_proof, signature_ok, verify_block, verify_signed_header
 
@@ -46,12 +46,13 @@ def head_header(store: Store, author: str) -> BlockHeader | None:
     return None if block is None else block.header
 
 
-def ingest(store: Store, author: str, encoded_blocks: list[bytes], *, now_ms: int,
-           own_author: str | None = None) -> IngestResult:
+def ingest(store: Store, author: str, encoded_blocks: list[bytes], *, now_ms: int) -> IngestResult:
     """Verify each block in order and store the valid contiguous prefix in one transaction.
 
     Blocks already held are skipped; a different validly signed block at a held height is a
-    fork: the proof is stored and returned in the `ForkDetected` error.
+    fork: the proof is stored and returned in the `ForkDetected` error. Blocks of this node's
+    own chain are accepted too when they verify (they carry its own signature): that is how a
+    node that lost the tail of its store gets it back from peers instead of forking itself.
     """
     prev = head_header(store, author)
     accepted: list[tuple[Block, bytes]] = []
@@ -65,8 +66,6 @@ def ingest(store: Store, author: str, encoded_blocks: list[bytes], *, now_ms: in
             if block.height < expected:
                 _check_known(store, author, block, accepted)
                 continue
-            if author == own_author:
-                raise OwnChain("only this node extends its own chain")
             verify_block(block, prev, author=author, now_ms=now_ms)
         except ForkDetected as exc:
             error = exc

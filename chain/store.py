@@ -101,6 +101,8 @@ class Store:
                 conn.executescript(_SCHEMA)
                 conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (SCHEMA_VERSION,))
             version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            # A row whose type was changed to TEXT must fail verification by name, not crash reads.
+            conn.text_factory = lambda raw: raw.decode("utf-8", "replace")
         except sqlite3.Error as exc:
             raise UnreadableStore(f"cannot open {path}: {exc}") from None
         if version is None or version[0] != SCHEMA_VERSION:

@@ -3,6 +3,8 @@
 import json
 import math
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -14,6 +16,15 @@ from chain.ledger import Ledger, LedgerConfig
 from chain.store import Store
 from chain.testing import build_chain
 from node.identity import Identity
+
+@asynccontextmanager
+async def running(ledger: Ledger) -> AsyncIterator[Ledger]:
+    """The ledger service running in the background for the body of the block."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ledger.run)
+        yield ledger
+        nursery.cancel_scope.cancel()
+
 
 FAST = LedgerConfig(max_batch_records=200, max_batch_delay=0.05, verify_interval=math.inf)
 
@@ -27,8 +38,7 @@ async def test_concurrent_appends_are_batched_and_receipts_point_to_stored_recor
     ident = Identity.generate()
     ledger = Ledger(tmp_path, ident, FAST)
     receipts = {}
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ledger.run)
+    async with running(ledger):
 
         async def one(i: int) -> None:
             receipts[i] = await ledger.append("market_batch_ingested", {"ticks": i, "source": "test"}, ident.peer_id)
@@ -40,7 +50,6 @@ async def test_concurrent_appends_are_batched_and_receipts_point_to_stored_recor
         json.dumps(status)
         assert status["counts"]["records"] == 1000
         assert status["height"] + 1 <= 50, "1000 records should need only a handful of blocks"
-        nursery.cancel_scope.cancel()
     store = Store.open(tmp_path / "ledger.sqlite", readonly=True)
     try:
         assert all(r.error is None for r in verify_store(store))
@@ -58,14 +67,12 @@ async def test_restart_continues_own_chain_and_rejects_bad_records(tmp_path):
     ident = Identity.generate()
     for run in range(3):
         ledger = Ledger(tmp_path, ident, FAST)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(ledger.run)
+        async with running(ledger):
             assert ledger.height == (None if run == 0 else run - 1)
             with pytest.raises(UnknownRecordType):
                 await ledger.append("heartbeat", {}, ident.peer_id)
             receipt = await ledger.append("peer_joined", {"peer": f"p{run}"}, ident.peer_id)
             assert receipt.height == run and ledger.height == run
-            nursery.cancel_scope.cancel()
     with pytest.raises(LedgerClosed):
         await ledger.append("peer_joined", {"peer": "late"}, ident.peer_id)
 
@@ -74,8 +81,7 @@ async def test_replication_fork_is_recorded_once_per_author(tmp_path):
     alice = Identity.generate()
     chain = build_chain(alice, 5)
     ledger = Ledger(tmp_path, Identity.generate(), FAST)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ledger.run)
+    async with running(ledger):
         result = await ledger.ingest_blocks(alice.peer_id, [b.encode() for b in chain])
         assert result.error is None and result.added == 5
         assert [(h.author, h.height) for h in await ledger.heads()] == [(alice.peer_id, 4)]
@@ -91,7 +97,6 @@ async def test_replication_fork_is_recorded_once_per_author(tmp_path):
         await ledger.append("portfolio_set", {"weights": {"BTC": 1.0}}, ledger.author)  # after any fork record
         forks = await records_of(ledger, "fork_detected")
         assert len(forks) == 1 and forks[0]["payload"]["author"] == alice.peer_id
-        nursery.cancel_scope.cancel()
 
 
 async def test_background_verifier_quarantines_and_reports_each_failure_once(tmp_path):
@@ -99,8 +104,7 @@ async def test_background_verifier_quarantines_and_reports_each_failure_once(tmp
     chain = build_chain(alice, 6)
     config = LedgerConfig(max_batch_delay=0.01, verify_interval=0.01)
     ledger = Ledger(tmp_path, Identity.generate(), config)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ledger.run)
+    async with running(ledger):
         assert (await ledger.ingest_blocks(alice.peer_id, [b.encode() for b in chain])).added == 6
         await ledger.wait_verification_pass()
         assert ledger.status()["verified"]
@@ -123,18 +127,49 @@ async def test_background_verifier_quarantines_and_reports_each_failure_once(tmp
         assert again.error is None and again.added == 2  # repaired from a peer
         await ledger.wait_verification_pass()
         assert ledger.status()["verified"]
-        nursery.cancel_scope.cancel()
 
 
 async def test_report_failure_deduplicates(tmp_path):
     from chain.errors import BrokenChain
     ledger = Ledger(tmp_path, Identity.generate(), FAST)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ledger.run)
+    async with running(ledger):
         for _ in range(3):
             await ledger.report_failure(BrokenChain("bad link", author="peerX", height=9), sender="peerY")
         await trio.testing.wait_all_tasks_blocked()
         await ledger.append("portfolio_set", {}, ledger.author)
         failures = await records_of(ledger, "ledger_verification_failed")
         assert len(failures) == 1 and failures[0]["payload"]["sender"] == "peerY"
-        nursery.cancel_scope.cancel()
+
+
+async def test_lost_own_tail_is_taken_back_from_a_peer_copy(tmp_path):
+    ident = Identity.generate()
+    first = Ledger(tmp_path / "before", ident, FAST)
+    async with running(first):
+        for i in range(4):
+            await first.append("peer_joined", {"peer": f"p{i}"}, ident.peer_id)
+        copy = await first.get_blocks(ident.peer_id, 0, 100, 10**7)
+    fresh = Ledger(tmp_path / "after", ident, FAST)  # the data dir was lost
+    async with running(fresh):
+        assert fresh.height is None
+        result = await fresh.ingest_blocks(ident.peer_id, copy)
+        assert result.error is None and fresh.height == 3
+        assert (await fresh.append("peer_left", {"peer": "p0"}, ident.peer_id)).height == 4
+
+
+async def test_opening_a_tampered_store_reports_and_keeps_the_verified_prefix(tmp_path):
+    alice = Identity.generate()
+    chain = build_chain(alice, 5)
+    ledger = Ledger(tmp_path, Identity.generate(), FAST)
+    async with running(ledger):
+        await ledger.ingest_blocks(alice.peer_id, [b.encode() for b in chain])
+    conn = sqlite3.connect(tmp_path / "ledger.sqlite")
+    conn.execute("UPDATE blocks SET data = substr(data, 1, length(data) - 1) || x'00' WHERE height = 2")
+    conn.commit()
+    conn.close()
+    ledger = Ledger(tmp_path, ledger.identity, FAST)
+    async with running(ledger):
+        status = ledger.status()
+        assert not status["verified"]
+        assert [(f["author"], f["height"]) for f in status["failures"]] == [(alice.peer_id, 2)]
+        assert [(h.author, h.height) for h in await ledger.heads()] == [(alice.peer_id, 1)]
+        await ledger.wait_height(0)  # the failure is recorded in this node's own chain
