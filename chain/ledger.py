@@ -72,6 +72,14 @@ class _Pending:
         return self.receipt
 
 
+def _settle(batch: list[_Pending], error: LedgerError) -> None:
+    """Fail every append in `batch` that has no outcome yet; nobody is left waiting forever."""
+    for pending in batch:
+        if not pending.done.is_set():
+            pending.error = error
+            pending.done.set()
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -137,11 +145,9 @@ class Ledger:
     def _fail_queued(self, error: LedgerError) -> None:
         while True:
             try:
-                pending = self._recv.receive_nowait()
+                _settle([self._recv.receive_nowait()], error)
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 return
-            pending.error = error
-            pending.done.set()
 
     # ---- own chain ---------------------------------------------------------------------------
 
@@ -174,20 +180,25 @@ class Ledger:
     async def _batcher(self) -> None:
         budget = MAX_BLOCK_BYTES - _BLOCK_OVERHEAD
         limit = min(self.config.max_batch_records, MAX_RECORDS_PER_BLOCK)
-        carry: _Pending | None = None
-        while True:
-            first = carry if carry is not None else await self._recv.receive()
-            carry = None
-            batch, size = [first], len(first.encoded) + 8
-            with trio.move_on_after(self.config.max_batch_delay):
-                while len(batch) < limit:
-                    item = await self._recv.receive()
-                    if size + len(item.encoded) + 8 > budget:
-                        carry = item
-                        break
-                    batch.append(item)
-                    size += len(item.encoded) + 8
-            await self._seal(batch)
+        batch: list[_Pending] = []
+        try:
+            while True:
+                if not batch:
+                    batch.append(await self._recv.receive())
+                size = sum(len(p.encoded) + 8 for p in batch)
+                carry = None
+                with trio.move_on_after(self.config.max_batch_delay):
+                    while len(batch) < limit:
+                        item = await self._recv.receive()
+                        if size + len(item.encoded) + 8 > budget:
+                            carry = item
+                            break
+                        batch.append(item)
+                        size += len(item.encoded) + 8
+                await self._seal(batch)
+                batch = [] if carry is None else [carry]
+        finally:
+            _settle(batch, LedgerClosed("ledger stopped before the record was sealed"))
 
     async def _seal(self, batch: list[_Pending]) -> None:
         try:
@@ -195,16 +206,15 @@ class Ledger:
                 receipts = await trio.to_thread.run_sync(self._write_own_block, [p.encoded for p in batch])
         except LedgerError as exc:
             log.error("sealing a block of %d records failed: %s", len(batch), exc)
-            for pending in batch:
-                pending.error = exc
+            _settle(batch, exc)
         else:
             for pending, receipt in zip(batch, receipts):
                 pending.receipt = receipt
-        finally:
-            for pending in batch:
                 pending.done.set()
-        self._height_changed.set()
-        self._height_changed = trio.Event()
+        finally:
+            _settle(batch, LedgerClosed("ledger stopped before the record was sealed"))
+            self._height_changed.set()
+            self._height_changed = trio.Event()
 
     def _write_own_block(self, records: list[bytes]) -> list[Receipt]:
         store = self._require_store()

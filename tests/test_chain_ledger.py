@@ -173,3 +173,25 @@ async def test_opening_a_tampered_store_reports_and_keeps_the_verified_prefix(tm
         assert [(f["author"], f["height"]) for f in status["failures"]] == [(alice.peer_id, 2)]
         assert [(h.author, h.height) for h in await ledger.heads()] == [(alice.peer_id, 1)]
         await ledger.wait_height(0)  # the failure is recorded in this node's own chain
+
+
+async def test_stopping_the_ledger_fails_outstanding_appends_instead_of_hanging(tmp_path):
+    ident = Identity.generate()
+    ledger = Ledger(tmp_path, ident, LedgerConfig(max_batch_delay=3600, queue_size=4, verify_interval=math.inf))
+    outcomes = []
+
+    async def one(i: int) -> None:
+        try:
+            await ledger.append("peer_joined", {"peer": f"p{i}"}, ident.peer_id)
+            outcomes.append("stored")
+        except LedgerClosed:
+            outcomes.append("closed")
+
+    async with trio.open_nursery() as appenders:
+        async with trio.open_nursery() as service:
+            await service.start(ledger.run)
+            for i in range(12):  # more than the queue holds: some wait in send()
+                appenders.start_soon(one, i)
+            await trio.testing.wait_all_tasks_blocked()
+            service.cancel_scope.cancel()
+    assert outcomes == ["closed"] * 12
