@@ -1,0 +1,273 @@
+"""Publish ticks to an MQTT broker at a high rate: pipelined QoS 1 over several connections.
+
+One paho connection in one Python process tops out around 2,000-2,500 QoS 1 messages/s, so
+``publishers=K`` spreads the stream over K connections, each in its own process (K=1 runs a
+thread in this process). Ticks of one topic always go to the same connection, so the per-symbol
+order is kept. Each connection keeps up to ``window`` messages unacknowledged (no waiting on
+each publish); the summary counts what was sent, PUBACKed, and failed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from node.mqtt import BrokerAddress, MqttError, make_client, parse_broker_url
+from sim.market import SimTick
+
+BATCH = 256
+INBOX_BATCHES = 16
+_SENT, _ACKED, _FAILED = range(3)
+Message = tuple[str, bytes]
+
+
+class PublishError(Exception):
+    """The broker could not be reached, refused us, or a publisher process failed."""
+
+    code = "publish_failed"
+
+
+@dataclass
+class PublishSummary:
+    sent: int = 0  # PUBLISH packets handed to the connections (duplicates included)
+    acked: int = 0  # PUBACKed by the broker
+    failed: int = 0  # rejected by paho or the broker, or unacked when we gave up waiting
+    duplicates: int = 0  # re-published on purpose (--duplicate-every)
+    elapsed_s: float = 0.0
+    publishers: int = 1
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "rate": round(self.rate, 1), "elapsed_s": round(self.elapsed_s, 3)}
+
+
+def check_reachable(address: BrokerAddress, timeout: float = 5.0) -> None:
+    try:
+        socket.create_connection((address.host, address.port), timeout=timeout).close()
+    except OSError as exc:
+        raise PublishError(f"cannot reach MQTT broker {address.display}: {exc.strerror or exc}") from None
+
+
+def publish_ticks(
+    url: str,
+    ticks: Iterable[SimTick | Message],
+    *,
+    rate: float | None = None,
+    publishers: int = 1,
+    qos: int = 1,
+    duplicate_every: int = 0,
+    window: int = 2000,
+    ca_file: str | None = None,
+    client_id_prefix: str | None = None,
+    progress: Callable[[PublishSummary], None] | None = None,
+    progress_interval: float = 1.0,
+    ack_timeout: float = 30.0,
+) -> PublishSummary:
+    """Publish ``ticks`` (SimTicks or (topic, payload) pairs) at ``rate`` ticks/s (None: as fast
+    as possible); every ``duplicate_every``-th tick is published twice. Returns once every
+    message is acknowledged (or ``ack_timeout`` passed). Raises PublishError."""
+    if publishers < 1 or window < 1 or qos not in (0, 1):
+        raise PublishError("publishers and window must be >= 1, qos 0 or 1")
+    if rate is not None and rate <= 0:
+        raise PublishError("rate must be > 0")
+    try:
+        address = parse_broker_url(url, ca_file=ca_file)
+    except MqttError as exc:
+        raise PublishError(str(exc)) from None
+    check_reachable(address)
+    prefix = client_id_prefix or f"quantian-sim-{os.getpid()}-{secrets.token_hex(3)}"
+    lanes = _Lanes(address, prefix, publishers, qos, window, ack_timeout)
+    summary = PublishSummary(publishers=publishers)
+    start = time.monotonic()
+    next_progress = start + progress_interval
+    try:
+        lanes.wait_connected()
+        pending: list[list[Message]] = [[] for _ in range(publishers)]
+        lane_of: dict[str, int] = {}
+        for i, tick in enumerate(ticks):
+            topic, payload = (tick.topic, tick.payload()) if isinstance(tick, SimTick) else tick
+            k = lane_of.setdefault(topic, len(lane_of) % publishers)
+            pending[k].append((topic, payload))
+            if duplicate_every and (i + 1) % duplicate_every == 0:
+                pending[k].append((topic, payload))
+                summary.duplicates += 1
+            if len(pending[k]) >= BATCH:
+                lanes.put(k, pending[k])
+                pending[k] = []
+            now = time.monotonic()
+            if rate is not None:
+                ahead = start + (i + 1) / rate - now
+                if ahead > 0.005:
+                    lanes.flush(pending)
+                    time.sleep(ahead)  # rate pacing
+            if progress and now >= next_progress:
+                progress(lanes.snapshot(summary, now - start))
+                next_progress = now + progress_interval
+        lanes.flush(pending)
+        lanes.finish(progress=lambda: progress and progress(lanes.snapshot(summary, time.monotonic() - start)),
+                     interval=progress_interval)
+    finally:
+        lanes.close()
+    return lanes.snapshot(summary, time.monotonic() - start)
+
+
+class _Lanes:
+    """K publisher workers (threads for K=1, processes otherwise) and their shared counters."""
+
+    def __init__(self, address: BrokerAddress, prefix: str, k: int, qos: int, window: int, ack_timeout: float):
+        self.k = k
+        ctx = multiprocessing.get_context("spawn")
+        self.counters = ctx.Array("q", 3 * k, lock=False)
+        self.results = ctx.Queue() if k > 1 else queue.Queue()
+        self.inboxes = [ctx.Queue(INBOX_BATCHES) if k > 1 else queue.Queue(INBOX_BATCHES) for _ in range(k)]
+        self.workers: list[Any] = []
+        self.done: dict[int, tuple] = {}
+        for i in range(k):
+            args = (i, address, f"{prefix}-{i}", qos, window, ack_timeout, self.inboxes[i], self.counters, self.results)
+            worker = ctx.Process(target=_worker, args=args, daemon=True) if k > 1 else threading.Thread(
+                target=_worker, args=args, daemon=True
+            )
+            worker.start()
+            self.workers.append(worker)
+
+    def _poll_results(self, timeout: float = 0.0) -> None:
+        try:
+            item = self.results.get(timeout=timeout) if timeout else self.results.get_nowait()
+        except queue.Empty:
+            return
+        kind, index, detail = item
+        if kind == "error":
+            raise PublishError(f"publisher {index}: {detail}")
+        self.done[index] = detail
+
+    def wait_connected(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        ready = 0
+        while ready < self.k:
+            if time.monotonic() > deadline:
+                raise PublishError("publishers did not connect in time")
+            item = self.results.get(timeout=max(0.01, deadline - time.monotonic()))
+            if item[0] == "error":
+                raise PublishError(f"publisher {item[1]}: {item[2]}")
+            ready += 1
+
+    def put(self, k: int, batch: list[Message]) -> None:
+        while True:
+            try:
+                self.inboxes[k].put(batch, timeout=0.5)
+                return
+            except queue.Full:
+                self._poll_results()
+                if not self.workers[k].is_alive():
+                    raise PublishError(f"publisher {k} exited") from None
+
+    def flush(self, pending: list[list[Message]]) -> None:
+        for k, batch in enumerate(pending):
+            if batch:
+                self.put(k, batch)
+                pending[k] = []
+
+    def finish(self, *, progress: Callable[[], Any], interval: float) -> None:
+        for k in range(self.k):
+            self.put(k, None)  # type: ignore[arg-type]
+        while len(self.done) < self.k:
+            self._poll_results(timeout=interval)
+            if len(self.done) < self.k:
+                progress()
+                if not any(w.is_alive() for k, w in enumerate(self.workers) if k not in self.done):
+                    self._poll_results(timeout=1.0)
+                    if len(self.done) < self.k:
+                        raise PublishError("a publisher exited without a summary")
+
+    def snapshot(self, summary: PublishSummary, elapsed: float) -> PublishSummary:
+        c = self.counters
+        summary.sent = sum(c[3 * i + _SENT] for i in range(self.k))
+        summary.acked = sum(c[3 * i + _ACKED] for i in range(self.k))
+        summary.failed = sum(c[3 * i + _FAILED] for i in range(self.k))
+        summary.elapsed_s = elapsed
+        return summary
+
+    def close(self) -> None:
+        for worker in self.workers:
+            if worker.is_alive() and isinstance(worker, multiprocessing.process.BaseProcess):
+                worker.join(timeout=2.0)
+                if worker.is_alive():
+                    worker.terminate()
+                    worker.join(timeout=2.0)
+
+
+def _worker(index, address, client_id, qos, window, ack_timeout, inbox, counters, results) -> None:
+    """One connection, driven from this thread only (no paho network thread: publish writes to
+    the socket directly and ``loop(0)`` reads PUBACKs), with at most ``window`` unacked."""
+    base = 3 * index
+    refusal: list[str] = []
+    connected = False
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        nonlocal connected
+        if reason_code.is_failure:
+            refusal.append(str(reason_code))
+        connected = True
+
+    def on_publish(client, userdata, mid, reason_code, properties):
+        counters[base + (_FAILED if reason_code.is_failure else _ACKED)] += 1
+
+    client = make_client(address, client_id=client_id, protocol=mqtt.MQTTv311)
+    client.max_inflight_messages_set(window)
+    client.max_queued_messages_set(0)
+    client.on_connect = on_connect
+    client.on_publish = on_publish
+    try:
+        client.connect(address.host, address.port, keepalive=30)
+    except OSError as exc:
+        results.put(("error", index, f"cannot connect to {address.display}: {exc}"))
+        return
+    try:
+        deadline = time.monotonic() + 15.0
+        while not connected and time.monotonic() < deadline:
+            client.loop(timeout=0.1)
+        if not connected or refusal:
+            results.put(("error", index, f"{address.display} refused the connection: {refusal or 'no CONNACK'}"))
+            return
+        results.put(("ready", index, None))
+
+        def unacked() -> int:
+            return counters[base + _SENT] - counters[base + _ACKED] - counters[base + _FAILED]
+
+        while True:
+            try:
+                batch = inbox.get(timeout=0.05)
+            except queue.Empty:
+                client.loop(timeout=0)
+                continue
+            if batch is None:
+                break
+            for topic, payload in batch:
+                while unacked() >= window:
+                    client.loop(timeout=0.05)
+                info = client.publish(topic, payload, qos=qos)
+                counters[base + _SENT] += 1
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    counters[base + _FAILED] += 1
+            client.loop(timeout=0)
+        deadline = time.monotonic() + ack_timeout
+        while unacked() > 0 and time.monotonic() < deadline:
+            if client.loop(timeout=0.05) not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN):
+                break
+        counters[base + _FAILED] += max(0, unacked())
+        results.put(("done", index, (counters[base + _SENT], counters[base + _ACKED], counters[base + _FAILED])))
+    finally:
+        client.disconnect()
