@@ -1,0 +1,105 @@
+"""The detector is causal and a batch run equals a tick-by-tick run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.analytics.detector import DetectorConfig, MarketDetector, StreamingDetector
+
+# small forest schedule so several refits happen within a short series
+SMALL = DetectorConfig(forest_refit_every=64, forest_window=96, forest_trees=4,
+                       forest_samples=32, warmup=40, calibration_span=200, long_span=100)
+
+
+def _series(n: int = 400, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = 10 + np.sin(np.arange(n) / 9.0) + rng.normal(0, 0.3, n)
+    x[n // 2] += 6.0
+    x[3 * n // 4:] += 2.0
+    x[n // 4:n // 4 + 40] = 10.0  # a flatline exercises the variance floors
+    return x
+
+
+def _run(x: np.ndarray, cuts: list[int], config: DetectorConfig = SMALL) -> tuple[np.ndarray, np.ndarray]:
+    det = StreamingDetector(config)
+    parts = [det.detect(x[a:b]) for a, b in zip([0, *cuts], [*cuts, len(x)])]
+    return np.concatenate([p.scores for p in parts]), np.concatenate([p.alerts for p in parts])
+
+
+def test_tick_by_tick_equals_batch() -> None:
+    x = _series()
+    batch_scores, batch_alerts = _run(x, [])
+    tick_scores, tick_alerts = _run(x, list(range(1, len(x))))
+    np.testing.assert_array_equal(tick_scores, batch_scores)
+    np.testing.assert_array_equal(tick_alerts, batch_alerts)
+    assert batch_scores.max() > 0.5  # the test is not vacuous: something scored
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(1, 399), max_size=12, unique=True))
+def test_any_chunking_equals_batch(cuts: list[int]) -> None:
+    x = _series()
+    np.testing.assert_array_equal(_run(x, sorted(cuts))[0], _run(x, [])[0])
+
+
+def test_causal_future_rows_do_not_change_the_past() -> None:
+    x = _series()
+    y = x.copy()
+    y[250:] = np.random.default_rng(9).normal(50, 20, len(x) - 250)
+    np.testing.assert_array_equal(_run(x, [])[0][:250], _run(y, [])[0][:250])
+
+
+def test_market_detector_chunking() -> None:
+    rng = np.random.default_rng(5)
+    n = 300
+    prices = 100 * np.exp(np.cumsum(rng.normal(0, 1e-3, n)))
+    volumes = rng.lognormal(3, 0.4, n)
+    one = MarketDetector(SMALL).score_batch(prices, volumes)
+    det = MarketDetector(SMALL)
+    many = [s for a in range(0, n, 7) for s in det.score_batch(prices[a:a + 7], volumes[a:a + 7])]
+    assert one == many
+
+
+def test_state_is_bounded() -> None:
+    det = StreamingDetector(SMALL)
+    x = np.random.default_rng(1).normal(size=3000)
+    det.detect(x[:1000])
+    sizes = _state_sizes(det)
+    det.detect(x[1000:])
+    assert _state_sizes(det) == sizes
+
+
+def _state_sizes(obj: object, seen: set[int] | None = None) -> int:
+    """Total elements of arrays/lists reachable from obj (not the sklearn model)."""
+    seen = seen if seen is not None else set()
+    if id(obj) in seen or type(obj).__module__.startswith("sklearn"):
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        return obj.size
+    if isinstance(obj, (list, tuple)):
+        return len(obj) + sum(_state_sizes(o, seen) for o in obj)
+    if isinstance(obj, dict):
+        return sum(_state_sizes(o, seen) for o in obj.values())
+    slots = getattr(type(obj), "__slots__", ())
+    attrs = dict(getattr(obj, "__dict__", {}))
+    attrs.update({s: getattr(obj, s) for s in slots if hasattr(obj, s)})
+    return sum(_state_sizes(v, seen) for v in attrs.values())
+
+
+def test_empty_batch() -> None:
+    det = StreamingDetector(SMALL)
+    assert det.score_batch(np.array([])).shape == (0,)
+    x = _series()
+    np.testing.assert_array_equal(det.score_batch(x), _run(x, [])[0])
+
+
+@pytest.mark.parametrize("cfg", [DetectorConfig(use_forest=False), DetectorConfig(use_statistics=False)])
+def test_ablations_stream_too(cfg: DetectorConfig) -> None:
+    small = DetectorConfig(**{**SMALL.__dict__, "use_forest": cfg.use_forest,
+                              "use_statistics": cfg.use_statistics})
+    x = _series()
+    np.testing.assert_array_equal(_run(x, [100, 101, 333], small)[0], _run(x, [], small)[0])
