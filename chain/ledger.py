@@ -22,6 +22,7 @@ from node.identity import Identity
 
 from . import replica
 from .audit import ChainReport, open_verified, repair, verify_store
+from .batcher import Batcher
 from .block import GENESIS_PREV, MAX_BLOCK_BYTES, MAX_RECORDS_PER_BLOCK, BlockHeader, seal_block
 from .errors import LedgerClosed, LedgerError
 from .records import make_record, record_hash
@@ -53,33 +54,6 @@ class Receipt:
         return {**asdict(self), "record_hash": self.record_hash.hex()}
 
 
-class _Pending:
-    """One append waiting for its block; the batcher fills `receipt` or `error`, then sets `done`."""
-
-    __slots__ = ("encoded", "done", "receipt", "error")
-
-    def __init__(self, encoded: bytes) -> None:
-        self.encoded = encoded
-        self.done = trio.Event()
-        self.receipt: Receipt | None = None
-        self.error: LedgerError | None = None
-
-    async def wait(self) -> Receipt:
-        await self.done.wait()
-        if self.error is not None:
-            raise self.error
-        assert self.receipt is not None
-        return self.receipt
-
-
-def _settle(batch: list[_Pending], error: LedgerError) -> None:
-    """Fail every append in `batch` that has no outcome yet; nobody is left waiting forever."""
-    for pending in batch:
-        if not pending.done.is_set():
-            pending.error = error
-            pending.done.set()
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -93,7 +67,9 @@ class Ledger:
         self.config = config
         self._clock_ms = clock_ms
         self._store: Store | None = None
-        self._send, self._recv = trio.open_memory_channel[_Pending](config.queue_size)
+        self._batcher = Batcher[Receipt](
+            max_items=min(config.max_batch_records, MAX_RECORDS_PER_BLOCK), max_delay=config.max_batch_delay,
+            max_bytes=MAX_BLOCK_BYTES - _BLOCK_OVERHEAD, queue_size=config.queue_size)
         self._write_lock = trio.Lock()  # own seals, ingests and repairs never interleave
         self._own_head: BlockHeader | None = None
         self._height_changed = trio.Event()
@@ -121,13 +97,11 @@ class Ledger:
                 self._nursery = nursery
                 for error in errors:
                     self._note_failure(error)
-                nursery.start_soon(self._batcher)
+                nursery.start_soon(self._batcher.run, self._seal)
                 nursery.start_soon(self._verifier)
                 task_status.started()
         finally:
             self._nursery = None
-            self._send.close()
-            self._fail_queued(LedgerClosed("ledger stopped"))
             self._store = None
             store.close()
 
@@ -141,13 +115,6 @@ class Ledger:
         if self._store is None:
             raise LedgerClosed("ledger is not running")
         return self._store
-
-    def _fail_queued(self, error: LedgerError) -> None:
-        while True:
-            try:
-                _settle([self._recv.receive_nowait()], error)
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return
 
     # ---- own chain ---------------------------------------------------------------------------
 
@@ -164,55 +131,21 @@ class Ledger:
         """Validate all records first (nothing is queued if one is bad), then wait for all."""
         self._require_store()
         now = self._clock_ms()
-        pendings = [_Pending(make_record(t, p, a, now)[1]) for t, p, a in items]
-        for pending in pendings:
-            try:
-                await self._send.send(pending)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                raise LedgerClosed("ledger stopped") from None
-        return [await p.wait() for p in pendings]
+        return await self._batcher.submit([make_record(t, p, a, now)[1] for t, p, a in items])
 
     async def wait_height(self, height: int) -> None:
         """Return once this node's own chain has reached `height`."""
         while self.height is None or self.height < height:
             await self._height_changed.wait()
 
-    async def _batcher(self) -> None:
-        budget = MAX_BLOCK_BYTES - _BLOCK_OVERHEAD
-        limit = min(self.config.max_batch_records, MAX_RECORDS_PER_BLOCK)
-        batch: list[_Pending] = []
-        try:
-            while True:
-                if not batch:
-                    batch.append(await self._recv.receive())
-                size = sum(len(p.encoded) + 8 for p in batch)
-                carry = None
-                with trio.move_on_after(self.config.max_batch_delay):
-                    while len(batch) < limit:
-                        item = await self._recv.receive()
-                        if size + len(item.encoded) + 8 > budget:
-                            carry = item
-                            break
-                        batch.append(item)
-                        size += len(item.encoded) + 8
-                await self._seal(batch)
-                batch = [] if carry is None else [carry]
-        finally:
-            _settle(batch, LedgerClosed("ledger stopped before the record was sealed"))
-
-    async def _seal(self, batch: list[_Pending]) -> None:
+    async def _seal(self, records: list[bytes]) -> list[Receipt]:
         try:
             async with self._write_lock:
-                receipts = await trio.to_thread.run_sync(self._write_own_block, [p.encoded for p in batch])
+                return await trio.to_thread.run_sync(self._write_own_block, records)
         except LedgerError as exc:
-            log.error("sealing a block of %d records failed: %s", len(batch), exc)
-            _settle(batch, exc)
-        else:
-            for pending, receipt in zip(batch, receipts):
-                pending.receipt = receipt
-                pending.done.set()
+            log.error("sealing a block of %d records failed: %s", len(records), exc)
+            raise
         finally:
-            _settle(batch, LedgerClosed("ledger stopped before the record was sealed"))
             self._height_changed.set()
             self._height_changed = trio.Event()
 
@@ -370,7 +303,7 @@ class Ledger:
             "failures": list(self._failures),
             "forks": sorted(self._flagged),
             "counts": dict(self._counts),
-            "queued": self._send.statistics().current_buffer_used,
+            "queued": self._batcher.queued,
         }
 
     async def query(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -1,6 +1,5 @@
 """SQLite store: replication ingest, forks, tampering and truncation of the files."""
 
-import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
