@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
         chain_cli = None
     if chain_cli is not None and hasattr(chain_cli, "register"):
         chain_cli.register(sub)
+    from shell.app import register as register_shell
+
+    register_shell(sub)
     return parser
 
 
@@ -242,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command in handlers:
             return handlers[args.command](args)
+        if args.command == "shell":
+            from shell.app import run as run_shell
+
+            return run_shell(args)
         from chain import cli as chain_cli
 
         return chain_cli.run(args)
