@@ -50,12 +50,17 @@ def serve(data_dir: Path, identity: Identity) -> None:
         pid = os.fork()
         if pid == 0:
             os.close(release_w)
-            os.read(release_r, 1)  # start only after the parent has announced our pid
-            trio.run(write, data_dir, identity)
-            os._exit(0)
+            try:
+                os.read(release_r, 1)  # start only after the parent has announced our pid
+                trio.run(write, data_dir, identity)
+            finally:
+                os._exit(1)  # never fall back into the parent's loop
         os.close(release_r)
         say(f"pid {pid}")
-        os.write(release_w, b"x")
+        try:
+            os.write(release_w, b"x")
+        except BrokenPipeError:  # the test killed the child before it was released
+            pass
         os.close(release_w)
         os.waitpid(pid, 0)
         say(f"dead {pid}")

@@ -19,7 +19,7 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) |
 payloads = st.dictionaries(st.text(max_size=8), values, max_size=5)
 
 
-@settings(max_examples=150)
+@settings(max_examples=100)
 @given(st.sampled_from(sorted(RECORD_TYPES)), payloads, st.integers(0, 2**53))
 def test_record_round_trip(record_type, payload, ts):
     payload = {**{f: 1 for f in RECORD_TYPES[record_type][0]}, **payload}
