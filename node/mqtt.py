@@ -1,7 +1,8 @@
 """paho-mqtt <-> trio bridge with manual acknowledgements (used by the iot role).
 
-paho's network thread hands every message to one bounded trio memory channel; when the channel
-is full that thread blocks (backpressure, nothing is dropped). Messages are acknowledged to the
+paho's network thread hands every message, through a bounded staging queue (no round trip to
+trio per message), to one bounded trio memory channel; when both are full that thread blocks
+(backpressure, nothing is dropped). Messages are acknowledged to the
 broker only when the consumer calls ``Bridge.ack`` after downstream has taken them, and the
 session is persistent (stable client id, MQTT 5 ``clean_start=False`` + SessionExpiryInterval,
 or 3.1.1 ``clean_session=False``), so ticks published while the bridge is away, and ticks that
@@ -20,6 +21,7 @@ import os
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -232,6 +234,13 @@ class Bridge:
         self._client: mqtt.Client | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._changed = trio.Event()
+        # hand-off from paho's thread: a bounded staging deque drained by a trio pump task, so the
+        # thread does not wait for trio on every message, only when staging is full.
+        self._staged: deque[RawMessage] = deque()
+        self._slots = threading.Semaphore(config.channel_size)
+        self._pump_idle = False
+        self._pump_wakeup = trio.Event()
+        self._closed = False
 
     @property
     def stats(self) -> BridgeStats:
@@ -282,11 +291,33 @@ class Bridge:
                 v5 = self.config.protocol == "v5"
             await self._start_client(mqtt.MQTTv5 if v5 else mqtt.MQTTv311, deadline)
             task_status.started()
-            await trio.sleep_forever()
+            await self._pump()
         finally:
-            self._send.close()  # unblocks paho's thread if it waits for room
+            self._closed = True  # paho's thread stops waiting for room
+            self._send.close()
             with trio.CancelScope(shield=True):
                 await self._stop_client()
+
+    async def _pump(self) -> None:
+        """Move staged messages into the channel; waits (backpressure) while it is full."""
+        while True:
+            with self._lock:
+                batch = list(self._staged)
+                self._staged.clear()
+                if not batch:
+                    self._pump_wakeup = trio.Event()
+                    self._pump_idle = True
+            if not batch:
+                await self._pump_wakeup.wait()
+                continue
+            for raw in batch:
+                try:
+                    await self._send.send(raw)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._closed = True  # nobody reads any more: unacked, the broker redelivers
+                    await trio.sleep_forever()
+                finally:
+                    self._slots.release()
 
     async def _retry_connect(self, connect: Callable[[], T], deadline: float) -> T:
         """Run the blocking ``connect`` in a thread, retrying refused TCP connections until
@@ -419,7 +450,15 @@ class Bridge:
             topic=message.topic, payload=message.payload, mid=message.mid, qos=message.qos,
             received_at=time.time(), dup=bool(message.dup), connection=connection,
         )
-        try:
-            trio.from_thread.run(self._send.send, raw, trio_token=self._token)
-        except (trio.ClosedResourceError, trio.BrokenResourceError, trio.RunFinishedError, trio.Cancelled):
-            pass  # shutting down: not acked, so the broker delivers it again
+        while not self._slots.acquire(timeout=0.5):  # staging full: block paho's thread
+            if self._closed:
+                return  # shutting down: not acked, so the broker delivers it again
+        with self._lock:
+            self._staged.append(raw)
+            wake, self._pump_idle = self._pump_idle, False
+            wakeup = self._pump_wakeup
+        if wake:
+            try:
+                self._token.run_sync_soon(wakeup.set)
+            except trio.RunFinishedError:
+                pass
