@@ -21,7 +21,7 @@ from .block import Block
 from .errors import CorruptStore, UnreadableStore
 
 STORE_FILE_NAME = "ledger.sqlite"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "1"  # bump with a migration and a new fixture when tables change
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -29,9 +29,11 @@ CREATE TABLE IF NOT EXISTS chains(id INTEGER PRIMARY KEY, author TEXT NOT NULL U
 CREATE TABLE IF NOT EXISTS blocks(
     chain INTEGER NOT NULL, height INTEGER NOT NULL, hash BLOB NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY(chain, height));
+CREATE TABLE IF NOT EXISTS names(id INTEGER PRIMARY KEY, text TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS records(
-    chain INTEGER NOT NULL, height INTEGER NOT NULL, idx INTEGER NOT NULL, type TEXT NOT NULL,
-    actor TEXT NOT NULL, timestamp INTEGER NOT NULL, hash BLOB NOT NULL,
+    chain INTEGER NOT NULL, height INTEGER NOT NULL, idx INTEGER NOT NULL,
+    type INTEGER NOT NULL, actor INTEGER NOT NULL,  -- ids in `names`: peer ids are long
+    timestamp INTEGER NOT NULL, hash BLOB NOT NULL,
     PRIMARY KEY(chain, height, idx)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_by_hash ON records(hash);
 CREATE INDEX IF NOT EXISTS records_by_type ON records(type);
@@ -84,6 +86,7 @@ class Store:
         self.path = path
         self.readonly = readonly
         self._chain_ids: dict[str, int] = {}
+        self._name_ids: dict[str, int] = {}
 
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False) -> "Store":
@@ -180,8 +183,9 @@ class Store:
             height = rows[-1][0] + 1
 
     def index_of(self, author: str, height: int) -> list[tuple[int, str, str, int, bytes]]:
-        return self._query("SELECT r.idx, r.type, r.actor, r.timestamp, r.hash FROM records r "
-                           "JOIN chains c ON r.chain = c.id WHERE c.author = ? AND r.height = ? ORDER BY r.idx",
+        return self._query("SELECT r.idx, t.text, a.text, r.timestamp, r.hash FROM records r "
+                           "JOIN chains c ON r.chain = c.id JOIN names t ON t.id = r.type "
+                           "JOIN names a ON a.id = r.actor WHERE c.author = ? AND r.height = ? ORDER BY r.idx",
                            (author, height))
 
     def index_count(self, author: str) -> int:
@@ -194,13 +198,13 @@ class Store:
              record_hash: bytes | None = None, limit: int = 50) -> list[IndexRow]:
         """Index rows matching every given filter, newest first."""
         where, params = [], []
-        for column, value in (("r.type", record_type), ("r.actor", actor), ("c.author", author),
+        for column, value in (("t.text", record_type), ("a.text", actor), ("c.author", author),
                               ("r.hash", record_hash)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        sql = ("SELECT c.author, r.height, r.idx, r.type, r.actor, r.timestamp, r.hash FROM records r "
-               "JOIN chains c ON r.chain = c.id" + (" WHERE " + " AND ".join(where) if where else "") +
+        sql = ("SELECT c.author, r.height, r.idx, t.text, a.text, r.timestamp, r.hash FROM records r "
+               "JOIN chains c ON r.chain = c.id JOIN names t ON t.id = r.type JOIN names a ON a.id = r.actor" + (" WHERE " + " AND ".join(where) if where else "") +
                " ORDER BY r.timestamp DESC, r.height DESC, r.idx DESC LIMIT ?")
         return [IndexRow(*r) for r in self._query(sql, (*params, limit))]
 
@@ -222,6 +226,7 @@ class Store:
                     result = fn(self._conn)
                 except BaseException:
                     self._chain_ids.clear()
+                    self._name_ids.clear()
                     self._conn.execute("ROLLBACK")
                     raise
                 self._conn.execute("COMMIT")
@@ -237,6 +242,12 @@ class Store:
             self._chain_ids[author] = conn.execute("SELECT id FROM chains WHERE author = ?", (author,)).fetchone()[0]
         return self._chain_ids[author]
 
+    def _name_id(self, conn: sqlite3.Connection, text: str) -> int:
+        if text not in self._name_ids:
+            conn.execute("INSERT OR IGNORE INTO names(text) VALUES(?)", (text,))
+            self._name_ids[text] = conn.execute("SELECT id FROM names WHERE text = ?", (text,)).fetchone()[0]
+        return self._name_ids[text]
+
     def append_blocks(self, author: str, blocks: list[tuple[Block, bytes]]) -> None:
         """Store already-verified (block, encoded bytes) pairs atomically, durable on return."""
         def write(conn: sqlite3.Connection) -> None:
@@ -244,7 +255,8 @@ class Store:
             for block, data in blocks:
                 conn.execute("INSERT INTO blocks VALUES(?, ?, ?, ?)", (chain, block.height, block.hash, data))
                 conn.executemany("INSERT INTO records VALUES(?, ?, ?, ?, ?, ?, ?)",
-                                 [(chain, block.height, *row) for row in index_rows(block)])
+                                 [(chain, block.height, i, self._name_id(conn, rtype), self._name_id(conn, actor),
+                                   ts, rhash) for i, rtype, actor, ts, rhash in index_rows(block)])
         self._write(write)
 
     def quarantine_from(self, author: str, height: int, code: str, reason: str) -> int:
