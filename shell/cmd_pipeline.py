@@ -38,11 +38,11 @@ def clock(us: int | None) -> str:
 
 def fetch_ticks(ctx: Context, symbol: str | None, limit: int) -> tuple[list[dict[str, Any]], str]:
     """Recent ticks (newest first) and the name of the node that answered."""
-    address, label = ctx.session.provider(*TICK_SOURCE)
     args: dict[str, Any] = {"limit": limit}
     if symbol:
         args["symbol"] = symbol
-    return ctx.session.call_at(address, "ticks recent", args, label=label).get("ticks", []), label
+    result, label = ctx.session.call_capable(*TICK_SOURCE, args)
+    return result.get("ticks", []), label
 
 
 def ticks(ctx: Context, args: dict[str, Any]) -> Result:
@@ -124,8 +124,7 @@ def risk_portfolio_set(ctx: Context, args: dict[str, Any]) -> Result:
 
 
 def iot_stats(ctx: Context, args: dict[str, Any]) -> Result:
-    address, label = ctx.session.provider(*IOT_SOURCE)
-    result = ctx.session.call_at(address, "iot stats", label=label)
+    result, label = ctx.session.call_capable(*IOT_SOURCE)
     mqtt = result.get("mqtt") or {}
     view = r.line(("class:dim", f"from {label}"))
     view += r.kv([(k, v) for k, v in result.items() if k not in ("mqtt", "rejected", "reject_samples")])

@@ -159,14 +159,27 @@ class Session:
             raise Unreachable(f"{peer.get('name') or peer.get('peer_id')} advertises no address")
         return with_p2p(addrs[0], peer["peer_id"])
 
-    def provider(self, capability: str, command: str) -> tuple[str, str]:
-        """(address, label) of the node that should answer `command`: the attached one if it serves
-        it, else the first online peer advertising `capability`."""
+    def capable(self, capability: str, command: str) -> list[tuple[str, str]]:
+        """(address, label) of nodes that should answer `command`: the attached one if it serves it,
+        else peers advertising `capability`, online ones first (a stale advert may be gossip lag)."""
         if command in self.served():
-            return self.target.address, self.target.label
-        online = [p for p in self.peers() if p.get("state") == "online" and capability in p.get("capabilities", [])]
-        if not online:
-            raise NotServed(f"{self.target.label} does not serve `{command}` and knows no online peer with "
-                            f"capability {capability}")
-        peer = sorted(online, key=lambda p: p.get("name", ""))[0]
-        return self.peer_address(peer), peer.get("name") or peer["peer_id"]
+            return [(self.target.address, self.target.label)]
+        rank = {"online": 0, "stale": 1}
+        found = sorted((p for p in self.peers() if capability in p.get("capabilities", []) and p.get("addrs")),
+                       key=lambda p: (rank.get(p.get("state", ""), 2), p.get("name", "")))
+        return [(self.peer_address(p), p.get("name") or p["peer_id"]) for p in found]
+
+    def call_capable(self, capability: str, command: str, args: dict[str, Any] | None = None) -> tuple[dict, str]:
+        """Run `command` where it is served (see `capable`); returns (result, label of who answered)."""
+        candidates = self.capable(capability, command)
+        if not candidates:
+            raise NotServed(f"{self.target.label} does not serve `{command}` and knows no peer with capability "
+                            f"{capability}")
+        failure: ShellError | None = None
+        for address, label in candidates:
+            try:
+                return self.call_at(address, command, args, label=label), label
+            except Unreachable as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
