@@ -32,7 +32,7 @@ def test_block_round_trip_and_chain_verifies():
     assert head == CHAIN[-1].header
 
 
-@settings(max_examples=40)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(0, 40), st.integers(0, 5))
 def test_any_sequence_of_blocks_verifies(blocks, per_block):
     chain = build_chain(ALICE, blocks, per_block)
@@ -40,7 +40,7 @@ def test_any_sequence_of_blocks_verifies(blocks, per_block):
     assert (head.height if head else -1) == blocks - 1
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_flipping_any_byte_of_any_block_is_detected_precisely(data):
     which = data.draw(st.integers(0, len(ENCODED) - 1))
@@ -105,7 +105,7 @@ def test_fork_proof_verifies_offline_and_rejects_non_forks():
         verify_fork_proof(proof[:-1])
 
 
-@settings(max_examples=25)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(1, 40), st.data())
 def test_inclusion_proofs_verify_for_every_record_and_fail_when_tampered(n, data):
     block = build_chain(ALICE, 1, records_per_block=n)[0]

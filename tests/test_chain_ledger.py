@@ -3,16 +3,20 @@
 import json
 import math
 import sqlite3
+import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from contextlib import asynccontextmanager
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 import trio
 import trio.testing
 
 from chain import LedgerClosed, UnknownRecordType
 from chain.audit import verify_store
 from chain.ledger import Ledger, LedgerConfig
+from chain.records import RECORD_TYPES
 from chain.store import Store
 from chain.testing import build_chain
 from node.identity import Identity
@@ -195,3 +199,25 @@ async def test_stopping_the_ledger_fails_outstanding_appends_instead_of_hanging(
             await trio.testing.wait_all_tasks_blocked()
             service.cancel_scope.cancel()
     assert outcomes == ["closed"] * 12
+
+
+record_types = st.sampled_from(sorted(RECORD_TYPES))
+small_values = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.text(max_size=12) | st.binary(max_size=16)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.lists(st.tuples(record_types, st.dictionaries(st.text(max_size=6), small_values, max_size=3)),
+                         min_size=1, max_size=8), min_size=1, max_size=6),
+       st.integers(1, 5))
+async def test_any_sequence_of_appends_verifies(rounds, batch_records):
+    ident = Identity.generate()
+    with tempfile.TemporaryDirectory() as tmp:
+        config = LedgerConfig(max_batch_records=batch_records, max_batch_delay=0.001, verify_interval=math.inf)
+        async with running(Ledger(Path(tmp), ident, config)) as ledger:
+            receipts = []
+            for items in rounds:
+                batch = [(t, {**{f: 0 for f in RECORD_TYPES[t][0]}, **p}, ident.peer_id) for t, p in items]
+                receipts += await ledger.append_many(batch)
+            reports = await ledger.verify_now()
+            assert [r.error for r in reports] == [None]
+            assert reports[0].records == len(receipts) == len({(r.height, r.index) for r in receipts})

@@ -3,7 +3,7 @@
 import hashlib
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from chain import codec
 from chain.errors import DecodeError, InvalidRecord, UnknownRecordType
@@ -19,7 +19,7 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) |
 payloads = st.dictionaries(st.text(max_size=8), values, max_size=5)
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(sorted(RECORD_TYPES)), payloads, st.integers(0, 2**53))
 def test_record_round_trip(record_type, payload, ts):
     payload = {**{f: 1 for f in RECORD_TYPES[record_type][0]}, **payload}
@@ -67,7 +67,7 @@ def test_merkle_shapes():
     assert root_from_path(one[0], 0, 1, []) == merkle_root(one)
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(1, 70), st.data())
 def test_merkle_proofs_verify_for_every_leaf_and_fail_for_others(n, data):
     hashes = _hashes(n)
