@@ -39,12 +39,12 @@ def _random_scores(corpus: nab_score.Corpus, seed: int, decimals: int) -> dict[s
     return {f: np.round(rng.random(corpus.labels[f].n_rows) ** 12, decimals) for f in corpus.files}
 
 
-@pytest.mark.parametrize("seed, decimals", [(0, 3), (1, 6), (2, 2)])
+@pytest.mark.parametrize("seed, decimals", [(0, 3), (1, 6)])
 @pytest.mark.parametrize("profile", list(nab_score.PROFILES))
 def test_matches_reference(both: tuple, seed: int, decimals: int, profile: str) -> None:
     mine, ref = both
     scores = _random_scores(mine, seed, decimals)
-    for thr in (0.3, 0.7, 0.95):
+    for thr in (0.3, 0.9):
         a, b = mine.score(scores, thr, profile), ref.score_at(scores, thr, profile)
         assert a.raw == pytest.approx(b["raw"], abs=TOL)
         assert a.normalised == pytest.approx(b["normalised"], abs=TOL)

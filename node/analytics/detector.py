@@ -28,6 +28,7 @@ from typing import Literal
 import numpy as np
 
 from .calibrate import TailCalibrator, bonferroni, fisher, to_score
+from .ewstats import EWMean
 from .features import FeatureBank
 from .forest import ScheduledForest
 
@@ -61,10 +62,13 @@ class DetectorConfig:
     warmup: int = 100
     use_statistics: bool = True
     use_forest: bool = True
-    forest_refit_every: int = 1000
+    forest_refit_every: int = 2000
     forest_window: int = 2000
     forest_trees: int = 16
     forest_samples: int = 128
+    #: EW span (rows) over which the forest's raw score is averaged before
+    #: calibration: one row's path length is noisy, a run of short ones is not.
+    forest_smoothing: int = 5
     seed: int = 0
     decades: float = 20.0
     threshold: float = DEFAULT_THRESHOLD
@@ -146,6 +150,7 @@ class _Engine:
             len(self.names), refit_every=c.forest_refit_every, window=c.forest_window,
             n_estimators=c.forest_trees, max_samples=c.forest_samples, seed=c.seed,
         ) if c.use_forest else None
+        self._forest_smooth = EWMean(2.0 / (c.forest_smoothing + 1))
         self._forest_cal = TailCalibrator(c.calibration_span, c.warmup)
         self._gate = AlertGate(c.threshold, c.quiet_rows)
         self._n = 0
@@ -163,7 +168,7 @@ class _Engine:
         forest = np.zeros(n)
         if self._forest is not None and n:
             raw, valid = self._forest.update(feats)
-            forest = self._forest_cal.update(raw, valid & ready)
+            forest = self._forest_cal.update(self._forest_smooth.update(raw), valid & ready)
         parts = [p for p, on in ((stat, c.use_statistics), (forest, c.use_forest)) if on]
         combined = parts[0] if len(parts) == 1 else fisher(np.stack(parts, axis=-1))
         scores = to_score(combined, c.decades)
