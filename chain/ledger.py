@@ -87,7 +87,9 @@ class Ledger:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Open and verify the store, then batch appends and re-verify until cancelled."""
-        store, errors = await trio.to_thread.run_sync(lambda: open_verified(self.path, now_ms=self._clock_ms()))
+        # Stored blocks are not re-checked against the clock: that check guards ingest, and a
+        # clock stepped backwards must not cut this node's own chain.
+        store, errors = await trio.to_thread.run_sync(open_verified, self.path)
         self._store = store
         try:
             await trio.to_thread.run_sync(self._load_state)
@@ -274,7 +276,7 @@ class Ledger:
         reader = Store.open(self.path, readonly=True)
         try:
             with reader.snapshot():
-                return verify_store(reader, now_ms=self._clock_ms())
+                return verify_store(reader)
         finally:
             reader.close()
 
