@@ -74,7 +74,8 @@ class Ledger:
         self._own_head: BlockHeader | None = None
         self._height_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._counts = {"chains": 0, "blocks": 0, "records": 0}
+        self._counts = {"blocks": 0, "records": 0}
+        self._authors: set[str] = set()
         self._failures: list[dict] = []
         self._reported: set[tuple] = set()
         self._flagged: set[str] = set()
@@ -111,6 +112,7 @@ class Ledger:
         store = self._require_store()
         self._own_head = replica.head_header(store, self.author)
         self._counts = store.counts()
+        self._authors = set(store.authors())
         self._flagged = {author for author, _, _ in store.fork_proofs()}
 
     def _require_store(self) -> Store:
@@ -161,7 +163,7 @@ class Ledger:
         self._own_head = block.header
         self._counts["blocks"] += 1
         self._counts["records"] += len(records)
-        self._counts["chains"] += height == 0
+        self._authors.add(self.author)
         return [Receipt(self.author, height, i, record_hash(r)) for i, r in enumerate(records)]
 
     # ---- replication -------------------------------------------------------------------------
@@ -191,7 +193,7 @@ class Ledger:
             if author == self.author and result.added:  # our own lost tail, returned by a peer
                 self._own_head = await trio.to_thread.run_sync(replica.head_header, store, self.author)
         if result.added:
-            self._counts["chains"] += result.added == (result.height or 0) + 1
+            self._authors.add(author)
             self._counts["blocks"] += result.added
             self._counts["records"] += result.records_added
         if result.fork_proof is not None:
@@ -304,7 +306,7 @@ class Ledger:
             "verification_passes": self._passes,
             "failures": list(self._failures),
             "forks": sorted(self._flagged),
-            "counts": dict(self._counts),
+            "counts": {**self._counts, "chains": len(self._authors)},
             "queued": self._batcher.queued,
         }
 
