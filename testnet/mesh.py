@@ -110,34 +110,52 @@ def wait_node_json(nodes: list[NodeState], deadline: float, progress: Callable[[
 @dataclass
 class MeshReport:
     complete: bool
-    missing: dict[str, list[str]]  # node name -> names of peers it does not see online with caps
+    missing: dict[str, list[str]]  # node name -> names of peers it has not seen online with caps
     errors: dict[str, str]  # node name -> why its status could not be read
 
 
+class MeshWatch:
+    """Which nodes have seen which peers online, with their capabilities, since the watch began.
+
+    "Seen" accumulates over polls: on a loaded box a heartbeat can be late and a peer flicker to
+    stale and back, which must not keep `up` from ever finding one instant where all pairs agree.
+    An advert counts only if it arrived after the peer's current process started (node.json's
+    `started_at`), so a restarted node is not taken as back on the strength of its old adverts."""
+
+    def __init__(self, nodes: list[NodeState]) -> None:
+        self.nodes = nodes
+        self.seen: set[tuple[str, str]] = set()  # (observer peer id, peer id)
+
+    def poll(self, client) -> MeshReport:
+        info = {n.peer_id: read_node_json(n.data_dir) or {} for n in self.nodes}
+        caps = {pid: set(i.get("capabilities") or []) for pid, i in info.items()}
+        replies = query_many(client, self.nodes)
+        now = time.time()  # after the replies: an upper bound for when each was written
+        errors: dict[str, str] = {}
+        for node in self.nodes:
+            status, err = replies[node.name]
+            if status is None:
+                errors[node.name] = err or "no answer"
+                continue
+            for p in status.get("peers", []):
+                pid = p.get("peer_id")
+                if pid not in caps or p.get("state") != "online" or not set(p.get("capabilities") or []) >= caps[pid]:
+                    continue
+                started = info[pid].get("started_at")
+                if started is not None and p.get("last_seen_s") is not None and now - p["last_seen_s"] < started:
+                    continue  # an advert from before this process started
+                self.seen.add((node.peer_id, pid))
+        missing: dict[str, list[str]] = {}
+        for node in self.nodes:
+            lacking = sorted(o.name for o in self.nodes if o is not node and (node.peer_id, o.peer_id) not in self.seen)
+            if lacking:
+                missing[node.name] = lacking
+        return MeshReport(not missing, missing, {k: v for k, v in errors.items() if k in missing})
+
+
 def check_mesh(client, nodes: list[NodeState]) -> MeshReport:
-    """Does every node in `nodes` list every other one as online, with its capabilities?"""
-    caps = {}
-    for node in nodes:
-        info = read_node_json(node.data_dir) or {}
-        caps[node.peer_id] = set(info.get("capabilities") or [])
-    by_peer = {n.peer_id: n.name for n in nodes}
-    missing: dict[str, list[str]] = {}
-    errors: dict[str, str] = {}
-    replies = query_many(client, nodes)
-    for node in nodes:
-        status, err = replies[node.name]
-        if status is None:
-            errors[node.name] = err or "no answer"
-            continue
-        seen = {
-            p.get("peer_id")
-            for p in status.get("peers", [])
-            if p.get("state") == "online" and set(p.get("capabilities") or []) >= caps.get(p.get("peer_id"), set())
-        }
-        lacking = [by_peer[pid] for pid in by_peer if pid != node.peer_id and pid not in seen]
-        if lacking:
-            missing[node.name] = sorted(lacking)
-    return MeshReport(not missing and not errors, missing, errors)
+    """Does every node in `nodes` list every other one as online, with its capabilities, now?"""
+    return MeshWatch(nodes).poll(client)
 
 
 def describe(report: MeshReport) -> str:
@@ -147,13 +165,16 @@ def describe(report: MeshReport) -> str:
 
 
 def wait_mesh(client, nodes: list[NodeState], deadline: float, progress: Callable[[str], None], poll_s: float = 0.5) -> None:
-    """Poll until the mesh among `nodes` is complete; NotReady naming who misses whom on timeout."""
+    """Poll until every node among `nodes` has seen every other one online with its capabilities;
+    NotReady naming who misses whom on timeout."""
+
+    watch = MeshWatch(nodes)
 
     def step() -> str | None:
         dead = [n.name for n in nodes if not probe(n.pid, n.proc_start).alive]
         if dead:
             raise NotReady(f"node(s) died while joining: {', '.join(dead)}; see their node.log")
-        report = check_mesh(client, nodes)
+        report = watch.poll(client)
         return None if report.complete else f"mesh incomplete: {describe(report)}"
 
     _poll(step, deadline, progress, poll_s, "before every node saw every other node")

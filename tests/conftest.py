@@ -87,9 +87,9 @@ def make_testnet():
 
 @pytest.fixture(scope="module")
 def testnet(tmp_path_factory):
-    """A 6-node testnet without broker or simulator, heartbeat 1 s; `down` at teardown."""
+    """A 6-node testnet without broker or simulator, heartbeat 2 s; `down` at teardown."""
     net = Testnet(tmp_path_factory.mktemp("testnet"))
-    net.cli("up", "--no-broker", "--no-sim", "--heartbeat", "1", "--timeout", str(UP_TIMEOUT_S))
+    net.cli("up", "--no-broker", "--no-sim", "--heartbeat", "2", "--timeout", str(UP_TIMEOUT_S))
     try:
         yield net
     finally:

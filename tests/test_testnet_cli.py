@@ -151,7 +151,7 @@ class _FakeClient:
 
     def request(self, multiaddr, command, args=None, timeout=20.0):
         assert command == "status"
-        peers = [{"peer_id": p, "state": s, "capabilities": c} for p, s, c in self.table[multiaddr]]
+        peers = [{"peer_id": p, "state": s, "capabilities": c, "last_seen_s": 0.5} for p, s, c in self.table[multiaddr]]
         return {"peers": peers}
 
 
@@ -175,3 +175,24 @@ def test_mesh_check_names_which_node_misses_which_peers(tmp_path):
     assert not report.complete
     assert report.missing == {"iot-1": ["risk-1"], "risk-1": ["bootstrap-1"]}
     assert describe(report) == "iot-1 misses risk-1; risk-1 misses bootstrap-1"
+
+
+def test_mesh_watch_accumulates_sightings_but_not_adverts_older_than_the_process(tmp_path):
+    from testnet.mesh import MeshWatch
+
+    nodes = []
+    for i, name in enumerate(("bootstrap-1", "iot-1")):
+        data_dir = tmp_path / name
+        data_dir.mkdir()
+        (data_dir / "node.json").write_text(json.dumps({"capabilities": [], "started_at": time.time() - 60}))
+        nodes.append(NodeState(name, [name.split("-")[0]], 4000 + i, str(data_dir), f"P{i}", []))
+    a, b = nodes[0].multiaddr, nodes[1].multiaddr
+    watch = MeshWatch(nodes)
+    assert watch.poll(_FakeClient({a: [("P1", "online", [])], b: [("P0", "stale", [])]})).missing == {"iot-1": ["bootstrap-1"]}
+    # iot-1 now sees bootstrap-1; bootstrap-1 reporting iot-1 stale meanwhile does not undo its sighting
+    assert watch.poll(_FakeClient({a: [("P1", "stale", [])], b: [("P0", "online", [])]})).complete
+    # bootstrap-1's process "started" after the advert iot-1 reports (0.5 s old): an advert of the
+    # previous process, which must not count.
+    (tmp_path / "bootstrap-1" / "node.json").write_text(json.dumps({"capabilities": [], "started_at": time.time() + 5}))
+    fresh = MeshWatch(nodes)
+    assert fresh.poll(_FakeClient({a: [("P1", "online", [])], b: [("P0", "online", [])]})).missing == {"iot-1": ["bootstrap-1"]}
