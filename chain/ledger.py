@@ -27,6 +27,7 @@ from .block import GENESIS_PREV, MAX_BLOCK_BYTES, MAX_RECORDS_PER_BLOCK, BlockHe
 from .errors import LedgerClosed, LedgerError
 from .records import make_record, record_hash
 from .store import STORE_FILE_NAME, Head, Store
+from .verify import ForkProof, verify_fork_proof
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +198,7 @@ class Ledger:
             self._counts["blocks"] += result.added
             self._counts["records"] += result.records_added
         if result.fork_proof is not None:
-            self._on_fork(result.error)
+            self._on_fork(result.error.author, result.error.height, result.fork_proof)
         return result
 
     async def offer_header(self, signed_header: bytes) -> bytes | None:
@@ -207,19 +208,29 @@ class Ledger:
         fork = await trio.to_thread.run_sync(replica.check_header, store, signed_header)
         if fork is None:
             return None
-        self._on_fork(fork)
+        self._on_fork(fork.author, fork.height, fork.proof)
         return fork.proof
+
+    async def accept_fork_proof(self, proof: bytes) -> ForkProof:
+        """Take a fork proof from another node (e.g. gossip): verify it offline, store it, flag the
+        author. Raises `BadProof` when it does not verify."""
+        fork = verify_fork_proof(proof)
+        store = self._require_store()
+        await trio.to_thread.run_sync(store.add_fork_proof, fork.author, fork.height, proof)
+        self._on_fork(fork.author, fork.height, proof)
+        return fork
 
     async def fork_proofs(self) -> list[bytes]:
         rows = await trio.to_thread.run_sync(self._require_store().fork_proofs)
         return [proof for _, _, proof in rows]
 
-    def _on_fork(self, fork: Any) -> None:
-        if fork.author in self._flagged:
+    def _on_fork(self, author: str, height: int, proof: bytes) -> None:
+        """Flag the author and record `fork_detected` once per author, however often it is seen."""
+        if author in self._flagged:
             return
-        self._flagged.add(fork.author)
-        log.warning("fork by %s at height %s", fork.author, fork.height)
-        self._record_soon("fork_detected", {"author": fork.author, "height": fork.height, "proof": fork.proof})
+        self._flagged.add(author)
+        log.warning("fork by %s at height %s", author, height)
+        self._record_soon("fork_detected", {"author": author, "height": height, "proof": proof})
 
     def _record_soon(self, record_type: str, payload: dict) -> None:
         if self._nursery is not None:

@@ -13,12 +13,13 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import trio
 import trio.testing
 
-from chain import LedgerClosed, UnknownRecordType
+from chain import BadProof, LedgerClosed, UnknownRecordType
 from chain.audit import verify_store
 from chain.ledger import Ledger, LedgerConfig
 from chain.records import RECORD_TYPES
 from chain.store import Store
 from chain.testing import build_chain
+from chain.verify import encode_fork_proof
 from node.identity import Identity
 
 @asynccontextmanager
@@ -101,6 +102,21 @@ async def test_replication_fork_is_recorded_once_per_author(tmp_path):
         await ledger.append("portfolio_set", {"weights": {"BTC": 1.0}}, ledger.author)  # after any fork record
         forks = await records_of(ledger, "fork_detected")
         assert len(forks) == 1 and forks[0]["payload"]["author"] == alice.peer_id
+
+
+async def test_fork_proof_from_gossip_is_verified_stored_and_flags_the_author(tmp_path):
+    bob = Identity.generate()
+    a, b = build_chain(bob, 1, 1)[0], build_chain(bob, 1, 2)[0]
+    async with running(Ledger(tmp_path, Identity.generate(), FAST)) as ledger:
+        with pytest.raises(BadProof):
+            await ledger.accept_fork_proof(encode_fork_proof(a.signed_header, a.signed_header))
+        assert ledger.status()["forks"] == []
+        proof = encode_fork_proof(a.signed_header, b.signed_header)
+        fork = await ledger.accept_fork_proof(proof)
+        assert (fork.author, fork.height) == (bob.peer_id, 0)
+        assert await ledger.fork_proofs() == [proof] and ledger.status()["forks"] == [bob.peer_id]
+        await ledger.wait_height(0)
+        assert len(await records_of(ledger, "fork_detected")) == 1
 
 
 async def test_background_verifier_quarantines_and_reports_each_failure_once(tmp_path):
