@@ -1,8 +1,8 @@
 """Publish ticks to an MQTT broker at a high rate: pipelined QoS 1 over several connections.
 
-One paho connection in one Python process tops out around 2,000-2,500 QoS 1 messages/s, so
-``publishers=K`` spreads the stream over K connections, each in its own process (K=1 runs a
-thread in this process). Ticks of one topic always go to the same connection, so the per-symbol
+Each connection is a minimal MQTT 3.1.1 client (sim.wire) that writes PUBLISH packets a batch at
+a time; ``publishers=K`` spreads the stream over K connections, each in its own process (K=1
+runs a thread in this process). Ticks of one topic always go to the same connection, so the per-symbol
 order is kept. Each connection keeps up to ``window`` messages unacknowledged (no waiting on
 each publish); the summary counts what was sent, PUBACKed, and failed.
 """
@@ -20,10 +20,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
-from node.mqtt import BrokerAddress, MqttError, make_client, parse_broker_url
+from node.mqtt import BrokerAddress, MqttError, parse_broker_url
 from sim.market import SimTick
+from sim.wire import Publisher, WireError
 
 BATCH = 256
 INBOX_BATCHES = 16
@@ -129,7 +128,13 @@ class _Lanes:
 
     def __init__(self, address: BrokerAddress, prefix: str, k: int, qos: int, window: int, ack_timeout: float):
         self.k = k
-        ctx = multiprocessing.get_context("spawn")
+        # fork is cheap but only safe from a process with no other threads (the quantian-sim
+        # CLI); otherwise a forkserver (started once, with this module preloaded) forks them.
+        if threading.active_count() == 1:
+            ctx = multiprocessing.get_context("fork")
+        else:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["sim.publisher"])
         self.counters = ctx.Array("q", 3 * k, lock=False)
         self.results = ctx.Queue() if k > 1 else queue.Queue()
         self.inboxes = [ctx.Queue(INBOX_BATCHES) if k > 1 else queue.Queue(INBOX_BATCHES) for _ in range(k)]
@@ -201,73 +206,58 @@ class _Lanes:
         return summary
 
     def close(self) -> None:
-        for worker in self.workers:
+        for k, worker in enumerate(self.workers):
+            if worker.is_alive() and k not in self.done:
+                try:
+                    self.inboxes[k].put_nowait(None)
+                except queue.Full:
+                    pass
+            worker.join(timeout=2.0)
             if worker.is_alive() and isinstance(worker, multiprocessing.process.BaseProcess):
+                worker.terminate()
                 worker.join(timeout=2.0)
-                if worker.is_alive():
-                    worker.terminate()
-                    worker.join(timeout=2.0)
 
 
 def _worker(index, address, client_id, qos, window, ack_timeout, inbox, counters, results) -> None:
-    """One connection, driven from this thread only (no paho network thread: publish writes to
-    the socket directly and ``loop(0)`` reads PUBACKs), with at most ``window`` unacked."""
+    """One connection: publish batches from ``inbox`` with at most ``window`` unacked."""
     base = 3 * index
-    refusal: list[str] = []
-    connected = False
-
-    def on_connect(client, userdata, flags, reason_code, properties):
-        nonlocal connected
-        if reason_code.is_failure:
-            refusal.append(str(reason_code))
-        connected = True
-
-    def on_publish(client, userdata, mid, reason_code, properties):
-        counters[base + (_FAILED if reason_code.is_failure else _ACKED)] += 1
-
-    client = make_client(address, client_id=client_id, protocol=mqtt.MQTTv311)
-    client.max_inflight_messages_set(window)
-    client.max_queued_messages_set(0)
-    client.on_connect = on_connect
-    client.on_publish = on_publish
     try:
-        client.connect(address.host, address.port, keepalive=30)
-    except OSError as exc:
-        results.put(("error", index, f"cannot connect to {address.display}: {exc}"))
+        conn = Publisher(address, client_id, qos=qos)
+    except WireError as exc:
+        results.put(("error", index, str(exc)))
         return
+    results.put(("ready", index, None))
+    sent = 0
     try:
-        deadline = time.monotonic() + 15.0
-        while not connected and time.monotonic() < deadline:
-            client.loop(timeout=0.1)
-        if not connected or refusal:
-            results.put(("error", index, f"{address.display} refused the connection: {refusal or 'no CONNACK'}"))
-            return
-        results.put(("ready", index, None))
-
-        def unacked() -> int:
-            return counters[base + _SENT] - counters[base + _ACKED] - counters[base + _FAILED]
-
         while True:
             try:
                 batch = inbox.get(timeout=0.05)
             except queue.Empty:
-                client.loop(timeout=0)
+                counters[base + _ACKED] = conn.poll()
                 continue
             if batch is None:
                 break
-            for topic, payload in batch:
-                while unacked() >= window:
-                    client.loop(timeout=0.05)
-                info = client.publish(topic, payload, qos=qos)
-                counters[base + _SENT] += 1
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    counters[base + _FAILED] += 1
-            client.loop(timeout=0)
+            i = 0
+            while i < len(batch):
+                room = window - (sent - conn.acked)
+                if room <= 0:
+                    counters[base + _ACKED] = conn.poll(timeout=0.05)
+                    continue
+                chunk = batch[i : i + room]
+                conn.send(chunk)
+                sent += len(chunk)
+                i += len(chunk)
+                counters[base + _SENT] = sent
+                counters[base + _ACKED] = conn.poll()
         deadline = time.monotonic() + ack_timeout
-        while unacked() > 0 and time.monotonic() < deadline:
-            if client.loop(timeout=0.05) not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_AGAIN):
-                break
-        counters[base + _FAILED] += max(0, unacked())
-        results.put(("done", index, (counters[base + _SENT], counters[base + _ACKED], counters[base + _FAILED])))
+        while conn.acked < sent and time.monotonic() < deadline:
+            counters[base + _ACKED] = conn.poll(timeout=0.05)
+    except WireError as exc:
+        counters[base + _FAILED] = sent - conn.acked
+        results.put(("error", index, str(exc)))
+        return
     finally:
-        client.disconnect()
+        conn.close()
+    counters[base + _ACKED] = conn.acked
+    counters[base + _FAILED] = sent - conn.acked
+    results.put(("done", index, (sent, conn.acked, sent - conn.acked)))

@@ -11,7 +11,7 @@ import pytest
 import trio
 from mqtt_fixtures import mqtt_broker  # noqa: F401
 
-from node.market_events import RejectedTick, parse
+from node.market_events import Normaliser, RejectedTick, parse
 from node.mqtt import Bridge, BridgeConfig, BrokerUnreachable, RawMessage
 from sim import cli
 from sim.malformed import malformed_samples
@@ -173,6 +173,21 @@ async def test_bridge_reconnects_after_broker_restart_and_keeps_session(mqtt_bro
         # acks still in flight when the broker stopped make it redeliver those ticks (QoS 1)
         assert seen - {t.event_id for t in after} <= {t.event_id for t in before}
         assert bridge.stats.reconnects >= 1
+
+
+@BOTH
+async def test_duplicates_published_on_purpose_share_event_ids_and_are_dropped(mqtt_broker):
+    n = 200
+    ticks = sim_ticks(n, seed=21)
+    async with Running(mqtt_broker.url, "iot-dups") as bridge:
+        summary = await publish(mqtt_broker.url, ticks, publishers=2, duplicate_every=10)
+        assert (summary.sent, summary.duplicates, summary.acked, summary.publishers) == (220, 20, 220, 2)
+        got = await collect(bridge, 220)
+        bridge.ack(got)
+    norm = Normaliser()
+    events = [norm.accept(parse(m.topic, m.payload, received_at=m.received_at)) for m in got]
+    assert sorted(e.event_id for e in events if e) == sorted(t.event_id for t in ticks)
+    assert norm.duplicates == 20
 
 
 @MOSQUITTO
