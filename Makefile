@@ -32,7 +32,9 @@ $(STAMP): pyproject.toml
 		exit 1; fi
 	@if [ -x "$(PY)" ] && ! "$(PY)" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
 		echo "$(VENV) holds Python < 3.11: recreating it"; rm -rf "$(VENV)"; fi
-	@if [ ! -x "$(PY)" ]; then echo "creating $(VENV) with $(PYTHON)"; "$(PYTHON)" -m venv "$(VENV)"; fi
+	@if [ ! -x "$(PY)" ]; then echo "creating $(VENV) with $(PYTHON)"; \
+		"$(PYTHON)" -m venv "$(VENV)" || { rm -rf "$(VENV)"; \
+		echo "error: $(PYTHON) could not create a venv (on Debian/Ubuntu: apt-get install python3-venv)" >&2; exit 1; }; fi
 	"$(PY)" -m pip install --quiet --disable-pip-version-check -e '.[$(EXTRAS)]'
 	@touch "$(STAMP)"
 
