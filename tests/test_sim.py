@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.market_events import parse
+from node.market_events import encode_payload, parse
 from sim import cli
 from sim.market import (
     DEFAULT_UNIVERSE,
@@ -33,6 +33,12 @@ def payloads(sim: MarketSim, n: int) -> list[bytes]:
 @given(seed=st.integers(min_value=0, max_value=2**32))
 def test_same_seed_same_ticks(seed):
     assert payloads(MarketSim(seed=seed), 40) == payloads(MarketSim(seed=seed), 40)
+
+
+def test_fast_payload_equals_the_generic_encoding():
+    for tick in MarketSim(seed=5).ticks(50):
+        assert tick.payload() == encode_payload(tick.fields())
+    assert json.loads(spike_tick("AAPL", event_time_us=START_US).payload())["injected"] == "spike"
 
 
 def test_different_seeds_differ_and_ticks_restart_per_call():
