@@ -38,6 +38,7 @@ def _up_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-sim", action="store_true", help="start no market simulator")
     p.add_argument("--sim-rate", type=float, default=network.DEFAULT_SIM_RATE, help="simulator ticks per second (default %(default)s)")
     p.add_argument("--sim-seed", type=int, default=network.DEFAULT_SIM_SEED)
+    p.add_argument("--sim-count", type=int, default=None, help="ticks the simulator sends before it stops (default: until the testnet stops)")
     p.add_argument("--timeout", type=float, default=network.DEFAULT_TIMEOUT_S, help="seconds to wait for the mesh (default %(default)s)")
 
 
@@ -109,6 +110,7 @@ def _up_kwargs(args) -> dict:
         sim=not args.no_sim,
         sim_rate=args.sim_rate,
         sim_seed=args.sim_seed,
+        sim_count=args.sim_count,
         timeout=args.timeout,
         progress=stderr_progress,
     )

@@ -161,9 +161,10 @@ def _start_broker(directory: Path, kind: str, progress: Progress, port: int | No
     return ServiceState(pid=broker.pid, log_path=str(broker.log_path), proc_start=proc_start_time(broker.pid), url=broker.url, kind=broker.kind)
 
 
-def _start_sim(directory: Path, url: str, rate: float, seed: int, progress: Progress) -> ServiceState:
+def _start_sim(directory: Path, url: str, rate: float, seed: int, count: int | None, progress: Progress) -> ServiceState:
     log_path = directory / "sim.log"
     argv = _script("quantian-sim", "sim.cli") + ["--mqtt-url", url, "--rate", str(rate), "--seed", str(seed)]
+    argv += ["--count", str(count)] if count else ["--forever"]
     pid, start = spawn(argv, log_path)
     progress(f"simulator publishing {rate:g} ticks/s to {url}, pid {pid}")
     return ServiceState(pid=pid, log_path=str(log_path), proc_start=start)
@@ -182,6 +183,7 @@ def up(
     sim: bool = True,
     sim_rate: float = DEFAULT_SIM_RATE,
     sim_seed: int = DEFAULT_SIM_SEED,
+    sim_count: int | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     keep_on_failure: bool = False,
     progress: Progress = _quiet,
@@ -224,7 +226,7 @@ def up(
         progress(f"mesh complete: {len(state.nodes)} nodes see each other")
         if sim and url:
             if sim_available():
-                state.sim = _start_sim(directory, url, sim_rate, sim_seed, progress)
+                state.sim = _start_sim(directory, url, sim_rate, sim_seed, sim_count, progress)
                 save_state(state)
             else:
                 progress("no simulator (sim/cli.py) yet: the network runs without market data")

@@ -208,6 +208,8 @@ def test_run_in_the_foreground_and_ctrl_c_stops_everything(tmp_path, make_testne
         assert all(n["alive"] for n in status["nodes"])
         if status["broker"] is not None:
             assert status["broker"]["alive"] and status["broker_url"].startswith("mqtt://127.0.0.1:")
+        if status["sim"] is not None:
+            assert status["sim"]["alive"]
         pids = net.all_pids()
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0, "".join(lines[-40:])
