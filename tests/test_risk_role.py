@@ -104,3 +104,26 @@ async def test_malformed_risk_batch_is_refused():
     with pytest.raises(ticks.BatchRefused):
         await role.on_batch("rogue", ticks.Batch("risk", 1, [[1, 2, 3]], ["x"]))
     assert role.status()["refused"] == 1
+
+
+async def test_portfolio_comes_from_the_newest_ledger_record_and_bad_ones_are_ignored():
+    ctx = fake_ctx()
+    role = RiskRole(ctx)
+    newest: dict = {}
+
+    async def query(fn, *args, **kwargs):
+        return dict(newest) if newest else None
+
+    ctx.services["ledger"].query = query
+    await role.refresh_portfolio()
+    assert role.weights() is None
+    newest.update(weights={"BTCUSD": 0.5, "ETHUSD": 0.5}, set_by="op-a", record_hash="h1")
+    await role.refresh_portfolio()
+    assert role.weights() == {"BTCUSD": 0.5, "ETHUSD": 0.5} and role.status()["portfolio"] == role.weights()
+    for bad in ({"BTCUSD": "lots"}, {"BTCUSD": 2.0}, None):
+        newest.update(weights=bad, record_hash=f"bad-{bad}")
+        await role.refresh_portfolio()
+        assert role.weights() == {"BTCUSD": 0.5, "ETHUSD": 0.5}
+    assert ctx.metrics.get("risk.portfolio_rejected") == 3
+    await role.refresh_portfolio()  # the same bad record again: not counted twice
+    assert ctx.metrics.get("risk.portfolio_rejected") == 3

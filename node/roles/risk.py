@@ -118,6 +118,7 @@ class RiskRole(Role):
         self._series: OrderedDict[str, BarSeries] = OrderedDict()
         self._seen = RecentIds(int(settings["dedup_capacity"]))
         self.portfolio: dict[str, Any] | None = None  # the newest portfolio_set, as views.current_portfolio
+        self._rejected: str | None = None  # record hash of a portfolio_set that failed validation
         self.history: deque[dict[str, Any]] = deque(maxlen=int(settings["history"]))
         self._version = 0  # bumped by every change of inputs (prices, portfolio)
         self._snapshot_version = -1
@@ -194,12 +195,13 @@ class RiskRole(Role):
         except LedgerError as exc:
             log.warning("portfolio not read from the ledger: %s", exc)
             return
-        if newest is None or (self.portfolio and newest["record_hash"] == self.portfolio["record_hash"]):
+        if newest is None or newest["record_hash"] in (self._rejected, self.portfolio and self.portfolio["record_hash"]):
             return
         weights = newest.get("weights")
         try:
             newest["weights"] = rm.validate_weights(weights, frozenset(weights))
-        except (rm.InvalidWeights, TypeError) as exc:  # recorded by a node with other rules: skip it
+        except (TypeError, ValueError) as exc:  # InvalidWeights is a ValueError; written by other rules: skip it
+            self._rejected = newest["record_hash"]  # counted and logged once
             self.ctx.metrics.inc("risk.portfolio_rejected")
             log.warning("ignoring portfolio_set %s: %s", newest["record_hash"], exc)
             return
