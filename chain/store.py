@@ -158,13 +158,13 @@ class Store:
         return rows[0][0] if rows else None
 
     def get_blocks(self, author: str, start_height: int, max_count: int, max_bytes: int) -> list[bytes]:
-        """Consecutive encoded blocks from `start_height`; always at least one if it exists."""
-        rows = self._query("SELECT b.data FROM blocks b JOIN chains c ON b.chain = c.id "
-                           "WHERE c.author = ? AND b.height >= ? ORDER BY b.height LIMIT ?",
-                           (author, start_height, max(0, max_count)))
-        out, total = [], 0
-        for (data,) in rows:
-            if out and total + len(data) > max_bytes:
+        """Consecutive encoded blocks from `start_height`; always at least one if it exists.
+
+        Read in small pages, so a peer asking for a huge count never makes us load the chain."""
+        out: list[bytes] = []
+        total = 0
+        for height, _, data in self.iter_chain(author, start_height, page=min(64, max(1, max_count))):
+            if len(out) >= max_count or (out and total + len(data) > max_bytes) or height != start_height + len(out):
                 break
             out.append(data)
             total += len(data)
