@@ -135,7 +135,8 @@ def check_weights(weights: Any) -> dict[str, float]:
         raise CommandError(f"at most {MAX_PORTFOLIO_SYMBOLS} symbols", code="invalid_weights")
     for sym, value in weights.items():
         if not isinstance(sym, str) or not sym or len(sym) > MAX_SYMBOL_CHARS:
-            raise CommandError(f"symbol {sym!r} must be a string of 1..{MAX_SYMBOL_CHARS} chars", code="invalid_weights")
+            raise CommandError(f"symbol {sym!r} must be a string of 1..{MAX_SYMBOL_CHARS} chars",
+                               code="invalid_weights")
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise CommandError(f"weight of {sym} must be a number, got {value!r}", code="invalid_weights")
     try:

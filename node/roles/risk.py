@@ -178,7 +178,8 @@ class RiskRole(Role):
         snapshot = {
             "ts_ms": int(time.time() * 1000), "node": self.ctx.identity.peer_id, "scope": SCOPE,
             "bar_s": self.bar_s, "periods_per_year": self.periods, "horizon_bars": horizon,
-            "symbols": {s: series_figures(self._series[s].closes(), self.periods, horizon) for s in sorted(self._series)},
+            "symbols": {s: series_figures(self._series[s].closes(), self.periods, horizon)
+                        for s in sorted(self._series)},
             "portfolio": portfolio_figures(self.weights(), self._series, self.periods, horizon),
             "portfolio_set_by": self.portfolio and self.portfolio["set_by"],
         }
@@ -195,7 +196,8 @@ class RiskRole(Role):
         except LedgerError as exc:
             log.warning("portfolio not read from the ledger: %s", exc)
             return
-        if newest is None or newest["record_hash"] in (self._rejected, self.portfolio and self.portfolio["record_hash"]):
+        current = self.portfolio["record_hash"] if self.portfolio else None
+        if newest is None or newest["record_hash"] in (self._rejected, current):
             return
         weights = newest.get("weights")
         try:
