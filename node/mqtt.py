@@ -118,12 +118,46 @@ def parse_broker_url(
     )
 
 
+class _BufferedClient(mqtt.Client):
+    """paho reads each packet with several 1-byte recv calls and handles one packet per turn of
+    its network loop (a select per message). This client reads the socket in 64 KiB chunks and
+    handles every packet already received in the same turn: several times fewer system calls
+    and thread switches per message. Only paho's documented socket hooks are overridden."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = bytearray()
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if not self._rbuf:
+            data = super()._sock_recv(65536)
+            if not data:
+                return data
+            self._rbuf += data
+        out = bytes(self._rbuf[:bufsize])
+        del self._rbuf[:bufsize]
+        return out
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        rc = super().loop_read(max_packets)
+        while rc == mqtt.MQTT_ERR_SUCCESS and self._rbuf:
+            left = len(self._rbuf)
+            rc = super().loop_read(1)
+            if len(self._rbuf) == left:
+                break
+        return rc
+
+    def reconnect(self) -> mqtt.MQTTErrorCode:
+        self._rbuf.clear()  # bytes of the previous connection
+        return super().reconnect()
+
+
 def make_client(
     address: BrokerAddress, *, client_id: str, protocol: int, manual_ack: bool = False, persistent: bool = False
 ) -> mqtt.Client:
     """A paho client (callback API v2) with TLS (verification on) and credentials configured."""
     clean_session = None if protocol == mqtt.MQTTv5 else not persistent
-    client = mqtt.Client(
+    client = _BufferedClient(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=protocol,
