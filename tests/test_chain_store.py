@@ -46,6 +46,7 @@ def test_ingest_is_idempotent_and_serves_blocks(tmp_path):
     assert (again.added, again.height, again.error) == (0, 7, None)
     assert store.get_blocks(A, 2, 3, 10**6) == ENCODED[2:5]
     assert store.get_blocks(A, 2, 10, 1) == ENCODED[2:3]  # always progress
+    assert store.get_blocks(A, 0, 10**9, 10**9) == ENCODED and store.get_blocks(A, 8, 5, 10**6) == []
     assert [h.to_dict()["height"] for h in store.heads()] == [7]
     assert store.counts() == {"chains": 1, "blocks": 8, "records": 24}
 
