@@ -2,10 +2,15 @@
 
 Mosquitto when it is on PATH (``kind="auto"``), else the pure-Python amqtt broker (MQTT 3.1.1
 only) in its own subprocess. Both listen on 127.0.0.1 only and allow anonymous clients unless
-``users`` are given (Mosquitto). The Mosquitto config lifts the per-client in-flight and queue
-limits that otherwise drop or stall QoS 1 messages (see MQTT-NOTES.md) and keeps sessions on
-disk, so ``restart()`` preserves persistent sessions. Readiness is an MQTT CONNECT answered by a
-CONNACK, within a bounded time.
+``users`` are given (Mosquitto). The Mosquitto config lifts the per-client in-flight limit and
+raises the per-client queue (default 1,000, beyond which QoS 1 messages are dropped; see
+MQTT-NOTES.md) to ``max_queued`` messages, and keeps sessions on disk, so ``restart()`` preserves
+persistent sessions (but Mosquitto 2.0.11 does not restore *shared* subscriptions). Readiness is
+an MQTT CONNECT answered by a CONNACK, within a bounded time.
+
+amqtt 0.12.1 keeps no messages for anonymous persistent sessions and does not redeliver unacked
+ones on reconnect: with the embedded broker a bridge restart can lose ticks. Use Mosquitto when
+that matters.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ BrokerKind = Literal["auto", "mosquitto", "embedded"]
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
 LOG_TAIL_CHARS = 2000
+MAX_QUEUED = 1_000_000  # per client: minutes of a 5,000 ticks/s stream
 
 
 class BrokerError(Exception):
@@ -212,12 +218,14 @@ def _amqtt_argv(config: Path) -> list[str]:
     return [sys.executable, "-m", "amqtt.scripts.broker_script", "-c", str(config)]
 
 
-def _mosquitto_config(port: int, workdir: Path, tls: TlsFiles | None, password_file: Path | None) -> str:
+def _mosquitto_config(
+    port: int, workdir: Path, tls: TlsFiles | None, password_file: Path | None, max_queued: int
+) -> str:
     lines = [
         f"listener {port} 127.0.0.1",
         "allow_anonymous " + ("false" if password_file else "true"),
-        "max_inflight_messages 0",
-        "max_queued_messages 0",
+        "max_inflight_messages 0",  # the bridge bounds it with ReceiveMaximum
+        f"max_queued_messages {max_queued}",
         "max_queued_bytes 0",
         "set_tcp_nodelay true",
         "persistence true",
@@ -268,10 +276,12 @@ def start_broker(
     tls: TlsFiles | None = None,
     users: dict[str, str] | None = None,
     timeout: float = START_TIMEOUT_S,
+    max_queued: int = MAX_QUEUED,
 ) -> Broker:
     """Start a broker whose files (config, log, persistence) live in ``workdir``; return it ready.
 
-    ``tls`` and ``users`` (a password file) need Mosquitto. Raises BrokerNotFound when Mosquitto
+    ``tls`` and ``users`` (a password file) need Mosquitto. ``max_queued`` bounds the QoS 1
+    messages Mosquitto holds per client (an absent bridge's backlog; 0 = unlimited). Raises BrokerNotFound when Mosquitto
     is asked for and missing, BrokerStartError (with the log tail) when it does not come up.
     """
     workdir = Path(workdir)
@@ -293,7 +303,7 @@ def start_broker(
             if password_file and users:
                 _write_password_file(password_file, users)
             config_path = workdir / "mosquitto.conf"
-            config_path.write_text(_mosquitto_config(use_port, workdir, tls, password_file))
+            config_path.write_text(_mosquitto_config(use_port, workdir, tls, password_file, max_queued))
         else:
             config_path = workdir / "amqtt.yaml"
             config_path.write_text(_amqtt_config(use_port))
