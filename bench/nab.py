@@ -74,15 +74,15 @@ def evaluate(corpus: Corpus, scores: dict[str, np.ndarray], threshold: float) ->
 
 
 def _overrides(pairs: list[str]) -> dict[str, object]:
-    fields = {f.name: f for f in dataclasses.fields(DetectorConfig)}
+    """``name=json`` pairs for DetectorConfig fields (lists become tuples)."""
+    fields = {f.name for f in dataclasses.fields(DetectorConfig)}
     out: dict[str, object] = {}
     for pair in pairs:
         name, _, text = pair.partition("=")
         if name not in fields:
             raise SystemExit(f"unknown DetectorConfig field {name!r}")
-        out[name] = json.loads(text) if not text.startswith("(") else tuple(json.loads("[" + text[1:-1] + "]"))
-    if "scales" in out and isinstance(out["scales"], list):
-        out["scales"] = tuple(out["scales"])
+        value = json.loads(text)
+        out[name] = tuple(value) if isinstance(value, list) else value
     return out
 
 

@@ -18,6 +18,15 @@ Causal and streaming: the score of row t uses rows <= t only, and every piece
 of state is advanced by the global row index, so scoring a series in one batch
 or tick by tick gives the same scores (tests/test_detector_stream.py).  All
 state is fixed-size (EW statistics, one ring of feature rows, one forest).
+
+Measured (bench/nab.py on shared/nab, 48 files, 87 windows; standard profile):
+52.3 at DEFAULT_THRESHOLD, 53.3 optimised; low-FP 34.2, low-FN 60.5.
+Ablation at the same threshold: statistics alone 53.0, forest alone -0.2
+(7.5 optimised).  The forest does NOT yet earn its place on NAB or on the
+synthetic market (bench/analytics.py); it is kept because the design asks
+for both parts and is one flag away (``use_forest=False``, ~8x faster).
+Weak spots: periodic noise-free series (false alarms on artificialNoAnomaly),
+slow drifts (machine_temperature, nyc_taxi, grok_asg), low-FP profile.
 """
 
 from __future__ import annotations
