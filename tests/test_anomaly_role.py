@@ -8,6 +8,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from node.analytics.detector import DEFAULT_THRESHOLD
 from node.market_events import MarketEvent
@@ -115,6 +118,7 @@ async def test_redelivered_events_are_not_scored_twice():
     ([None], ["x"], "not a market event"),
     ("event-id", None, "event id"),  # a good event listed under another id
     ("bad-price", None, "out of range"),
+    ("bad-time", None, "event time"),
 ])
 async def test_malformed_batches_are_refused_and_the_role_keeps_working(items, ids, why):
     ctx = fake_ctx()
@@ -122,9 +126,9 @@ async def test_malformed_batches_are_refused_and_the_role_keeps_working(items, i
     good = make_events("BTCUSD", *random_walk(120, seed=5))
     if items == "event-id":
         items, ids = [good[0].to_wire()], ["someone-else"]
-    elif items == "bad-price":
+    elif items in ("bad-price", "bad-time"):
         wire = good[0].to_wire()
-        wire[4] = -1.0
+        wire[4 if items == "bad-price" else 8] = -1.0 if items == "bad-price" else 2**70
         items, ids = [wire], [good[0].event_id]
     with pytest.raises(ticks.BatchRefused, match=why):
         await role.on_batch("rogue", ticks.Batch("score", 1, items, ids))
@@ -138,3 +142,30 @@ async def test_symbols_are_bounded():
     for i, symbol in enumerate(("A", "B", "C")):
         await role.on_batch("a", batches("score", make_events(symbol, *random_walk(20, seed=i)))[0])
     assert role.status()["symbols"] == 2 and role.status()["symbols_evicted"] == 1
+
+
+_ODD = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True),
+                 st.text(max_size=5), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=2), st.none()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(field=st.integers(0, 13), value=_ODD, keep_id=st.booleans())
+def test_any_damaged_event_is_refused_or_scored_never_a_crash(field, value, keep_id):
+    """One field of a good event replaced by anything: the role answers or refuses, and stays usable."""
+    from node.roles.risk import RiskRole
+
+    async def main():
+        ctx = fake_ctx()
+        anomaly, risk = AnomalyRole(ctx), RiskRole(ctx)
+        good = make_events("BTCUSD", *random_walk(3, seed=6))
+        wire = good[0].to_wire()
+        wire[field] = value
+        ids = [good[0].event_id if keep_id else "x", good[1].event_id]
+        for role in (anomaly, risk):
+            try:
+                await role.on_batch("fuzz", ticks.Batch(role.name, 1, [wire, good[1].to_wire()], ids))
+            except ticks.BatchRefused:
+                pass
+            await role.on_batch("fuzz", ticks.Batch(role.name, 2, [good[2].to_wire()], [good[2].event_id]))
+
+    trio.run(main)

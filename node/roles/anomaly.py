@@ -33,6 +33,7 @@ MAX_SYMBOLS = 512
 DEDUP_CAPACITY = 65536
 MAX_ALERTS = 500
 PENDING_REVIEW = "pending_review"
+MAX_EVENT_TIME_US = 253_402_300_799_000_000  # 9999-12-31: beyond it a time cannot be written as a date
 
 
 def alert_id_for(event_id: str) -> str:
@@ -52,6 +53,8 @@ def decode_batch(batch: ticks.Batch) -> list[MarketEvent]:
             raise ticks.BatchRefused(f"item {index} has event id {event.event_id[:16]!r}, listed as {item_id[:16]!r}")
         if not (math.isfinite(event.price) and event.price > 0 and math.isfinite(event.volume) and event.volume >= 0):
             raise ticks.BatchRefused(f"item {index} has price {event.price!r} / volume {event.volume!r} out of range")
+        if not 0 <= event.event_time_us <= MAX_EVENT_TIME_US:
+            raise ticks.BatchRefused(f"item {index} has event time {event.event_time_us!r} out of range")
         events.append(event)
     return events
 
