@@ -136,6 +136,16 @@ def test_cli_stdout_is_deterministic_and_writes_ground_truth(tmp_path, capsys):
     assert json.loads(first[11])["seq"] == 10
 
 
+def test_cli_replays_a_csv(tmp_path, capsys):
+    path = tmp_path / "sp.csv"
+    path.write_text("date,adj_close\n1999-01-04,1228.1\n1999-01-05,1244.78\n1999-01-06,1272.34\n")
+    argv = ["--stdout", "--replay", str(path), "--replay-symbols", "SPX", "--count", "2", "--quiet"]
+    assert cli.main(argv) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(x["symbol"], x["price"], x["as_of"]) for x in lines] == [("SPX", 1228.1, "1999-01-04"),
+                                                                     ("SPX", 1244.78, "1999-01-05")]
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
