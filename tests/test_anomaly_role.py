@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from node.analytics.detector import DEFAULT_THRESHOLD
 from node.market_events import MarketEvent
+from node.errors import ConfigError
 from node.metrics import Metrics
 from node.protocols import ticks
 from node.protocols.control import CommandRegistry
@@ -169,3 +170,14 @@ def test_any_damaged_event_is_refused_or_scored_never_a_crash(field, value, keep
             await role.on_batch("fuzz", ticks.Batch(role.name, 2, [good[2].to_wire()], [good[2].event_id]))
 
     trio.run(main)
+
+
+@pytest.mark.parametrize("settings, what", [
+    ({"max_symbol": 3}, "unknown setting"),
+    ({"max_symbols": 0}, "max_symbols"),
+    ({"detector": {"threshold": 2.0}}, "threshold"),
+    ({"detector": {"no_such_field": 1}}, "no_such_field"),
+])
+def test_bad_settings_are_config_errors(settings, what):
+    with pytest.raises(ConfigError, match=what):
+        AnomalyRole(fake_ctx({"anomaly": settings}))

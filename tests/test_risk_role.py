@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from node.analytics import risk as rm
+from node.errors import ConfigError
 from node.protocols import ticks
 from node.roles.risk import RiskRole
 from test_anomaly_role import batches, fake_ctx, make_events, random_walk
@@ -127,3 +128,14 @@ async def test_portfolio_comes_from_the_newest_ledger_record_and_bad_ones_are_ig
     assert ctx.metrics.get("risk.portfolio_rejected") == 3
     await role.refresh_portfolio()  # the same bad record again: not counted twice
     assert ctx.metrics.get("risk.portfolio_rejected") == 3
+
+
+@pytest.mark.parametrize("settings, what", [
+    ({"bar": 1}, "unknown setting"),
+    ({"bar_s": 0}, "bar_s"),
+    ({"snapshot_interval_s": "fast"}, "snapshot_interval_s"),
+    ({"max_bars": -1}, "max_bars"),
+])
+def test_bad_risk_settings_are_config_errors(settings, what):
+    with pytest.raises(ConfigError, match=what):
+        RiskRole(fake_ctx({"risk": settings}))

@@ -22,10 +22,14 @@ SEND_TIMEOUT_S = 60.0  # a loaded 2-core box may take long to score a batch
 
 
 def config(base, authority, name, roles, *, bootstrap=(), extra=None):
+    """A node's config; `extra` ({role: {setting: number}}) goes through a TOML file, as in production."""
     data_dir = base / name
     install_credentials(data_dir, authority, roles, 3600)
+    toml = data_dir / "node.toml"
+    toml.write_text("".join(f"[{section}]\n" + "".join(f"{k} = {v!r}\n" for k, v in values.items())
+                            for section, values in (extra or {}).items()))
     return load_config({"roles": roles, "data_dir": str(data_dir), "name": name, "heartbeat_s": 0.5,
-                        "handshake_timeout_s": 2.0, "bootstrap": list(bootstrap), **(extra or {})}, environ={})
+                        "handshake_timeout_s": 2.0, "bootstrap": list(bootstrap)}, config_file=str(toml), environ={})
 
 
 def role(node: Node, name: str):
@@ -61,6 +65,7 @@ async def test_alerts_reviews_and_risk_are_seen_network_wide(network_dir):
         pipeline = Node(config(base, authority, "pipeline", ["anomaly", "risk"], bootstrap=[addr],
                                extra={"risk": {"snapshot_interval_s": 0.1, "record_interval_s": 0.2}}))
         await nursery.start(pipeline.run)
+        assert role(pipeline, "risk").settings["record_interval_s"] == 0.2
         to_pipeline = ticks.Sender(boot.host, pipeline.peer_id)  # from another admitted member
         await eventually(lambda: _async(boot.peers.providers("detect_anomalies")), "the bootstrap sees the pipeline node")
 

@@ -23,6 +23,7 @@ import numpy as np
 import trio
 
 from node.analytics.detector import DetectorConfig, DetectorError, MarketDetector, Score
+from node.errors import ConfigError
 from node.market_events import BadWireEvent, MarketEvent, RecentIds, format_event_time
 from node.protocols import ticks
 from node.roles.base import Role
@@ -81,12 +82,23 @@ class AnomalyRole(Role):
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
-        settings = ctx.config.extra.get("anomaly", {})
-        self.max_symbols = int(settings.get("max_symbols", MAX_SYMBOLS))
-        self.detector_config = DetectorConfig(**settings.get("detector", {}))
-        self._seen = RecentIds(int(settings.get("dedup_capacity", DEDUP_CAPACITY)))
+        settings = dict(ctx.config.extra.get("anomaly", {}))
+        sizes = {"max_symbols": MAX_SYMBOLS, "dedup_capacity": DEDUP_CAPACITY, "max_alerts": MAX_ALERTS}
+        unknown = sorted(set(settings) - set(sizes) - {"detector"})
+        if unknown:
+            raise ConfigError(f"[anomaly] unknown setting(s) {', '.join(unknown)}; known: {', '.join(sizes)}, detector")
+        for key, value in settings.items():
+            if key in sizes and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"[anomaly] {key} must be an integer >= 1, got {value!r}")
+        sizes.update((k, v) for k, v in settings.items() if k in sizes)
+        try:  # [anomaly.detector] overrides DetectorConfig fields (the benchmarked defaults otherwise)
+            self.detector_config = DetectorConfig(**settings.get("detector", {}))
+        except (TypeError, DetectorError) as exc:
+            raise ConfigError(f"[anomaly.detector] {exc}") from None
+        self.max_symbols = sizes["max_symbols"]
+        self._seen = RecentIds(sizes["dedup_capacity"])
         self._detectors: OrderedDict[str, MarketDetector] = OrderedDict()
-        self.alerts: deque[dict[str, Any]] = deque(maxlen=int(settings.get("max_alerts", MAX_ALERTS)))
+        self.alerts: deque[dict[str, Any]] = deque(maxlen=sizes["max_alerts"])
         self._lock = trio.Lock()  # one batch scored at a time: detectors are stateful
         self.counts = {"batches": 0, "scored": 0, "duplicates": 0, "alerts": 0, "refused": 0,
                        "symbols_evicted": 0}

@@ -24,6 +24,7 @@ import trio
 
 from chain.errors import LedgerError
 from node.analytics import risk as rm
+from node.errors import ConfigError
 from node.market_events import MarketEvent, RecentIds
 from node.protocols import ticks
 from node.roles.anomaly import decode_batch
@@ -46,6 +47,20 @@ DEFAULTS: dict[str, float] = {
     "record_max_symbols": 64,  # keeps a snapshot record far below the ledger's record size cap
     "dedup_capacity": 65536,
 }
+
+
+def risk_settings(given: dict[str, Any]) -> dict[str, float]:
+    """DEFAULTS overridden by the node's [risk] settings; raises ConfigError naming the bad one."""
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"[risk] unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(DEFAULTS))}")
+    settings = dict(DEFAULTS)
+    for key, value in given.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0 \
+                or (value == 0 and key != "record_interval_s"):
+            raise ConfigError(f"[risk] {key} must be a number > 0, got {value!r}")
+        settings[key] = value
+    return settings
 
 
 class BarSeries:
@@ -110,8 +125,7 @@ class RiskRole(Role):
 
     def __init__(self, ctx) -> None:
         super().__init__(ctx)
-        settings = {**DEFAULTS, **ctx.config.extra.get("risk", {})}
-        self.settings = settings
+        settings = self.settings = risk_settings(dict(ctx.config.extra.get("risk", {})))
         self.bar_s = float(settings["bar_s"])
         self.periods = rm.periods_per_year(self.bar_s, session_seconds=float(settings["session_s"]),
                                            sessions_per_year=float(settings["sessions_per_year"]))
