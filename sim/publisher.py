@@ -22,7 +22,7 @@ from typing import Any
 
 from node.mqtt import BrokerAddress, MqttError, parse_broker_url
 from sim.market import SimTick
-from sim.wire import Publisher, WireError
+from sim.wire import Packets, Publisher, WireError
 
 BATCH = 256
 INBOX_BATCHES = 16
@@ -128,6 +128,7 @@ class _Lanes:
 
     def __init__(self, address: BrokerAddress, prefix: str, k: int, qos: int, window: int, ack_timeout: float):
         self.k = k
+        self.qos = qos
         # fork is cheap but only safe from a process with no other threads (the quantian-sim
         # CLI); otherwise a forkserver (started once, with this module preloaded) forks them.
         if threading.active_count() == 1:
@@ -169,10 +170,11 @@ class _Lanes:
                 raise PublishError(f"publisher {item[1]}: {item[2]}")
             ready += 1
 
-    def put(self, k: int, batch: list[Message]) -> None:
+    def put(self, k: int, batch: list[Message] | None) -> None:
+        packets = None if batch is None else Packets.encode(batch, self.qos)
         while True:
             try:
-                self.inboxes[k].put(batch, timeout=0.5)
+                self.inboxes[k].put(packets, timeout=0.5)
                 return
             except queue.Full:
                 self._poll_results()
@@ -187,15 +189,23 @@ class _Lanes:
 
     def finish(self, *, progress: Callable[[], Any], interval: float) -> None:
         for k in range(self.k):
-            self.put(k, None)  # type: ignore[arg-type]
+            self.put(k, None)
+        deadline = None
         while len(self.done) < self.k:
             self._poll_results(timeout=interval)
-            if len(self.done) < self.k:
-                progress()
-                if not any(w.is_alive() for k, w in enumerate(self.workers) if k not in self.done):
-                    self._poll_results(timeout=1.0)
-                    if len(self.done) < self.k:
-                        raise PublishError("a publisher exited without a summary")
+            while len(self.done) < self.k and not self._drained():
+                self._poll_results()
+            if len(self.done) == self.k:
+                break
+            progress()
+            if not any(w.is_alive() for k, w in enumerate(self.workers) if k not in self.done):
+                # every worker has exited: their last results may still be in the pipe
+                deadline = deadline or time.monotonic() + 5.0
+                if time.monotonic() > deadline:
+                    raise PublishError("a publisher exited without a summary")
+
+    def _drained(self) -> bool:
+        return self.results.empty()
 
     def snapshot(self, summary: PublishSummary, elapsed: float) -> PublishSummary:
         c = self.counters
@@ -219,7 +229,7 @@ class _Lanes:
 
 
 def _worker(index, address, client_id, qos, window, ack_timeout, inbox, counters, results) -> None:
-    """One connection: publish batches from ``inbox`` with at most ``window`` unacked."""
+    """One connection: publish encoded batches from ``inbox`` with at most ``window`` unacked."""
     base = 3 * index
     try:
         conn = Publisher(address, client_id, qos=qos)
@@ -243,10 +253,10 @@ def _worker(index, address, client_id, qos, window, ack_timeout, inbox, counters
                 if room <= 0:
                     counters[base + _ACKED] = conn.poll(timeout=0.05)
                     continue
-                chunk = batch[i : i + room]
-                conn.send(chunk)
-                sent += len(chunk)
-                i += len(chunk)
+                stop = min(len(batch), i + room)
+                conn.send_packets(batch, i, stop)
+                sent += stop - i
+                i = stop
                 counters[base + _SENT] = sent
                 counters[base + _ACKED] = conn.poll()
         deadline = time.monotonic() + ack_timeout

@@ -10,6 +10,8 @@ verification), PUBLISH QoS 0/1, PUBACK, PINGREQ, DISCONNECT.
 from __future__ import annotations
 
 import select
+from array import array
+from dataclasses import dataclass
 import socket
 import ssl
 import struct
@@ -57,6 +59,37 @@ def connect_packet(client_id: str, username: str | None, password: str | None, k
     return b"\x10" + _length(len(body)) + body
 
 
+@dataclass(frozen=True)
+class Packets:
+    """A batch of PUBLISH packets encoded once (cheap to pass between processes): packet i is
+    ``data[starts[i]:starts[i + 1]]``; its 2-byte packet ID (QoS 1) goes at ``mid_at[i]``."""
+
+    data: bytes
+    starts: array
+    mid_at: array
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    @classmethod
+    def encode(cls, messages: list[tuple[str, bytes]], qos: int = 1) -> Packets:
+        out = bytearray()
+        starts = array("I")
+        mid_at = array("I")
+        header = b"\x32" if qos == 1 else b"\x30"
+        id_len = 2 if qos == 1 else 0
+        for topic, payload in messages:
+            topic_bytes = _text(topic)
+            starts.append(len(out))
+            out += header + _length(len(topic_bytes) + id_len + len(payload)) + topic_bytes
+            mid_at.append(len(out))
+            if qos == 1:
+                out += b"\x00\x00"
+            out += payload
+        starts.append(len(out))
+        return cls(bytes(out), starts, mid_at)
+
+
 class Publisher:
     """One MQTT 3.1.1 connection. ``send`` pipelines PUBLISH packets; ``poll`` reads PUBACKs."""
 
@@ -92,21 +125,24 @@ class Publisher:
 
     def send(self, messages: list[tuple[str, bytes]]) -> None:
         """Write PUBLISH packets for ``messages`` in one go."""
-        out = bytearray()
-        header = 0x32 if self.qos == 1 else 0x30
-        for topic, payload in messages:
-            topic_bytes = _text(topic)
-            if self.qos == 1:
-                mid = self._next_mid
-                self._next_mid = mid + 1 if mid < 65535 else 1
-                out += bytes([header]) + _length(len(topic_bytes) + 2 + len(payload)) + topic_bytes
-                out += struct.pack("!H", mid)
-            else:
-                out += bytes([header]) + _length(len(topic_bytes) + len(payload)) + topic_bytes
-            out += payload
-        self._sendall(out)
+        self.send_packets(Packets.encode(messages, self.qos))
+
+    def send_packets(self, packets: Packets, start: int = 0, stop: int | None = None) -> None:
+        """Write packets ``start:stop`` of an encoded batch, giving each QoS 1 packet its ID."""
+        stop = len(packets) if stop is None else stop
+        if start >= stop:
+            return
+        data = bytearray(packets.data[packets.starts[start] : packets.starts[stop]])
+        if self.qos == 1:
+            base = packets.starts[start]
+            mid = self._next_mid
+            for i in range(start, stop):
+                struct.pack_into("!H", data, packets.mid_at[i] - base, mid)
+                mid = mid + 1 if mid < 65535 else 1
+            self._next_mid = mid
+        self._sendall(data)
         if self.qos == 0:
-            self.acked += len(messages)
+            self.acked += stop - start
 
     def poll(self, timeout: float = 0.0) -> int:
         """Read what the broker sent within ``timeout`` s; count PUBACKs. Returns self.acked."""
