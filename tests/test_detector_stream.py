@@ -30,7 +30,7 @@ def _run(x: np.ndarray, cuts: list[int], config: DetectorConfig = SMALL) -> tupl
 
 
 def test_tick_by_tick_equals_batch() -> None:
-    x = _series(260)
+    x = _series(200)
     batch_scores, batch_alerts = _run(x, [])
     tick_scores, tick_alerts = _run(x, list(range(1, len(x))))
     np.testing.assert_array_equal(tick_scores, batch_scores)
