@@ -31,6 +31,7 @@ BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
 DIAL_TICK_S = 0.5
 MAX_LEARNED_FAILURES = 8
+HANDSHAKE_ATTEMPTS = 3
 
 
 @dataclass
@@ -118,25 +119,38 @@ class Discovery:
             self._nursery.start_soon(self._handshake, peer_id)
 
     async def _handshake(self, peer_id: str) -> None:
+        """Hello towards a new connection; retried while the peer is connected and not yet admitted
+        (a loaded peer may be slow to negotiate; the grace sweeper bounds the whole affair)."""
+        for attempt in range(HANDSHAKE_ATTEMPTS):
+            if attempt:
+                await trio.sleep(0.5 * attempt)  # brief pause before retrying a failed negotiation
+                if self._admission.certificate(peer_id) is not None or not self._host.is_connected(peer_id):
+                    return
+            if await self._handshake_once(peer_id):
+                return
+
+    async def _handshake_once(self, peer_id: str) -> bool:
+        """True when done (admitted or definitively refused), False when worth retrying."""
         try:
             result = await hello.exchange(self._host, peer_id, self._own_cert, self._admission)
         except CertificateError as exc:
             log.warning("peer %s presented a bad certificate: %s", peer_id, exc)
             await self._host.disconnect(peer_id)
-            return
+            return True
         except NotAuthorised as exc:
             self._metrics.inc("discovery.handshake.refused_by_remote")
             log.warning("%s", exc)
             await self._host.disconnect(peer_id)
-            return
+            return True
         except (NodeError, StreamClosed) as exc:
             # The remote's own handshake towards us may still succeed; the sweeper decides.
             self._metrics.inc("discovery.handshake.failed")
             log.debug("hello to %s failed: %s", peer_id, exc)
-            return
+            return False
         self._metrics.inc("discovery.handshake.ok")
         for known in result.peers:
             self.learn(known.peer_id, known.addrs)
+        return True
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -26,6 +26,7 @@ from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as _x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -150,6 +151,9 @@ class Host:
         key_pair = _to_libp2p_keypair(identity)
         self._host = new_host(
             key_pair=key_pair,
+            # The library's auto-connector dials everything in the peerstore to reach 50+
+            # connections (stale operator clients included); discovery.py decides whom we dial.
+            connection_config=ConnectionConfig(min_connections=0, low_watermark=0),
             sec_opt={TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(key_pair, noise_privkey=_x25519_key_pair().private_key)},
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         )

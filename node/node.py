@@ -155,6 +155,7 @@ class Node:
                 advert.peer_id, name=advert.name, roles=advert.roles, capabilities=advert.capabilities,
                 addrs=advert.addrs, version=advert.version, load=advert.load, heartbeat_s=advert.heartbeat_s,
                 seq=advert.seq)
+            self.host.add_peer_addrs(advert.peer_id, list(advert.addrs))
             self.discovery.learn(advert.peer_id, advert.addrs)
             if became_online:
                 log.info("peer online: %s (%s) roles %s", advert.name, advert.peer_id, ",".join(advert.roles))

@@ -41,7 +41,7 @@ async def test_three_nodes_converge_on_identical_heads(network_dir):
             views = [await heads_of(n) for n in (boot, a, r)]
             return all(v == views[0] for v in views) and {a.peer_id, r.peer_id} <= set(views[0])
 
-        with trio.move_on_after(90):
+        with trio.move_on_after(240):
             while not await converged():
                 await trio.sleep(0.2)
         assert await converged(), [await heads_of(n) for n in (boot, a, r)]

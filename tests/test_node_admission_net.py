@@ -23,7 +23,7 @@ from node.admission import Admission
 from node.node import Node
 from node.protocols import adverts, control, hello
 
-WAIT_S = 60.0
+WAIT_S = 120.0
 
 
 async def wait_until(predicate, what: str, timeout: float = WAIT_S) -> None:
@@ -44,8 +44,8 @@ def network_dir(tmp_path: Path):
 def node_config(base: Path, authority: Identity, name: str, roles: list[str], bootstrap=()):
     data_dir = base / name
     install_credentials(data_dir, authority, roles, 3600)
-    return load_config({"roles": roles, "data_dir": str(data_dir), "name": name, "heartbeat_s": 0.5,
-                        "handshake_timeout_s": 2.0, "bootstrap": list(bootstrap)}, environ={})
+    return load_config({"roles": roles, "data_dir": str(data_dir), "name": name, "heartbeat_s": 1.0,
+                        "handshake_timeout_s": 10.0, "bootstrap": list(bootstrap)}, environ={})
 
 
 async def start_rogue(nursery, identity: Identity, authority_key: bytes, cert, *, pubsub: bool = False) -> Host:

@@ -26,7 +26,7 @@ TICKS = 2000
 def pipeline_config(base, authority, name, roles, *, bootstrap=(), mqtt_url=""):
     data_dir = base / name
     install_credentials(data_dir, authority, roles, 3600)
-    return load_config({"roles": roles, "data_dir": str(data_dir), "name": name, "heartbeat_s": 0.5,
+    return load_config({"roles": roles, "data_dir": str(data_dir), "name": name, "heartbeat_s": 1.0, "handshake_timeout_s": 10.0,
                         "bootstrap": list(bootstrap), "mqtt_url": mqtt_url}, environ={})
 
 

@@ -147,6 +147,9 @@ class Sender:
                     ack = await self._reader.read_frame(timeout)
             except (trio.TooSlowError, NodeError, StreamClosed) as exc:
                 await self.close()
+                # A connection that cannot carry a new stream is often half-dead in py-libp2p's
+                # swarm; dropping it lets discovery redial a fresh one.
+                await self._host.disconnect(self.peer_id)
                 raise DeliveryFailed(f"{batch.kind} batch {batch.batch_id} to {self.peer_id}: {exc or 'timeout'}") from None
             if ack.get("batch_id") != batch.batch_id:
                 await self.close()
