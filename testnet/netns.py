@@ -149,7 +149,7 @@ class Network:
     """Namespaces on one switch; see the module docstring. Use as a context manager."""
 
     def __init__(self, names: Sequence[str] | int, *, subnet: str | None = None, host_link: bool = False,
-                 prefix: str = PREFIX) -> None:
+                 mtu: int | None = None, prefix: str = PREFIX) -> None:
         names = [f"n{i + 1}" for i in range(names)] if isinstance(names, int) else list(names)
         if len(set(names)) != len(names) or not names:
             raise ValueError(f"member names must be distinct and non-empty: {names}")
@@ -160,6 +160,7 @@ class Network:
                 raise ValueError(f"member name {name!r}: use 1-32 letters, digits, '_', '.', '-'")
         self.names = names
         self.host_link = host_link
+        self.mtu = mtu
         self._requested_subnet = subnet
         self.tag = f"{prefix}{os.getpid()}-{secrets.token_hex(3)}"
         self.hub = f"{self.tag}-hub"
@@ -195,14 +196,16 @@ class Network:
                 port = f"p{i}"
                 address = str(hosts[MEMBER_HOST_OFFSET + i - 1])
                 self._add_netns(netns)
-                ip("-n", self.hub, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", netns)
+                ip("-n", self.hub, "link", "add", port, *self._mtu_args(), "type", "veth", "peer", "name", "eth0",
+                   *self._mtu_args(), "netns", netns)
                 ip("-n", self.hub, "link", "set", port, "master", MAIN_BRIDGE, "up")
                 ip("-n", netns, "addr", "add", f"{address}/{self.subnet.prefixlen}", "dev", "eth0")
                 ip("-n", netns, "link", "set", "eth0", "up")
                 self.members[name] = Member(name, netns, address, self.subnet.prefixlen, port)
             if self.host_link:
                 self.host_address = str(hosts[HOST_LINK_OFFSET - 1])
-                ip("link", "add", self.host_iface, "type", "veth", "peer", "name", "phost", "netns", self.hub)
+                ip("link", "add", self.host_iface, *self._mtu_args(), "type", "veth", "peer", "name", "phost",
+                   *self._mtu_args(), "netns", self.hub)
                 ip("-n", self.hub, "link", "set", "phost", "master", MAIN_BRIDGE, "up")
                 ip("addr", "add", f"{self.host_address}/{self.subnet.prefixlen}", "dev", self.host_iface)
                 ip("link", "set", self.host_iface, "up")
@@ -210,6 +213,9 @@ class Network:
             self.teardown()
             raise
         return self
+
+    def _mtu_args(self) -> list[str]:
+        return ["mtu", str(self.mtu)] if self.mtu else []
 
     def _add_netns(self, netns: str) -> None:
         proc = ip("netns", "add", netns, check=False)
