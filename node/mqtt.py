@@ -484,9 +484,11 @@ class Bridge:
             topic=message.topic, payload=message.payload, mid=message.mid, qos=message.qos,
             received_at=time.time(), dup=bool(message.dup), connection=connection,
         )
-        while not self._slots.acquire(timeout=0.5):  # staging full: block paho's thread
+        while True:  # staging full: block paho's thread (backpressure)
             if self._closed:
                 return  # shutting down: not acked, so the broker delivers it again
+            if self._slots.acquire(timeout=0.5):
+                break
         with self._lock:
             self._staged.append(raw)
             wake, self._pump_idle = self._pump_idle, False

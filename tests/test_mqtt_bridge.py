@@ -75,6 +75,21 @@ async def test_all_ticks_received_none_acked_until_ack(mqtt_broker):
         assert bridge.ack(got) == 0  # acking twice is void
 
 
+@MOSQUITTO
+async def test_full_channel_blocks_paho_and_cancel_still_stops_promptly(mqtt_broker):
+    ticks = sim_ticks(100, seed=31)
+    with trio.fail_after(20):
+        async with Running(mqtt_broker.url, "iot-full", channel_size=4) as bridge:
+            await publish(mqtt_broker.url, ticks)
+            first = await collect(bridge, 4)  # nobody reads more: paho's thread waits for room
+            assert bridge.stats.received <= 4 + 4 + 1  # channel + staging + the one it waits with
+        # stopped without losing anything: nothing was acked, all 100 come back
+        async with Running(mqtt_broker.url, "iot-full") as bridge:
+            again = await collect(bridge, 100)
+            assert set(event_ids(first)) <= set(event_ids(again))
+            bridge.ack(again)
+
+
 # amqtt 0.12.1 keeps no messages for anonymous persistent sessions and does not redeliver
 # unacked ones on reconnect: the loss-free restart guarantees below hold on Mosquitto only.
 
