@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -117,6 +118,16 @@ def attached(session: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def quiet_logging() -> None:
+    """The shell reports failures itself; library log lines (libp2p's dial errors, ...) would
+    only garble the prompt, so without a configured handler they go nowhere. Called once the
+    control client has started, because importing libp2p resets its logger's handlers."""
+    for name in ("", "libp2p"):  # libp2p's logger does not propagate to the root
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(logging.NullHandler())
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point from `quantian-node shell`; returns the exit status."""
     from shell.commands import TABLE
@@ -139,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             with ControlClient(creds) as client:
+                quiet_logging()
                 session = Session(client, Target(address), data_dir=args.data_dir, mqtt_url=args.mqtt_url,
                                   timeout=args.timeout)
                 return attached(session, args)

@@ -1,7 +1,7 @@
 """The interactive prompt: prompt-toolkit on asyncio, every node call in a worker thread.
 
 The ControlClient's trio loop lives in its own thread (node.control_client); here commands run
-through `asyncio.to_thread`, so the prompt stays responsive and Ctrl-C can abandon a slow
+in worker threads (`in_thread`), so the prompt stays responsive and Ctrl-C can abandon a slow
 command. A background task refreshes the toolbar and warms the completion catalog.
 """
 
@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ from shell.toolbar import REFRESH_S, ToolbarState
 T = TypeVar("T")
 CATALOG_EVERY = 3  # warm the completion catalog every N toolbar refreshes
 DEFAULT_WATCH_S = 2.0
+SLOW_HINT_S = 1.0
 
 
 class Cancelled(Exception):
@@ -48,19 +50,67 @@ def error_view(exc: ShellError) -> r.Fragments:
     return out
 
 
-async def run_cancellable(fn: Callable[..., T], *args: Any) -> T:
-    """Run a blocking call in a thread; Ctrl-C abandons it (its answer, if any, is dropped)."""
+def in_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """`fn(*args)` in a daemon thread, as a future of this loop.
+
+    Not `asyncio.to_thread`: its executor is joined when the loop closes, so one command
+    abandoned with Ctrl-C (still dialling a dead node) would hold up leaving the shell."""
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    loop.add_signal_handler(signal.SIGINT, task.cancel)
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if task.cancelled() and not _current_cancelling():
-            raise Cancelled() from None
-        raise
-    finally:
-        loop.remove_signal_handler(signal.SIGINT)
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            (future.set_result if ok else future.set_exception)(value)
+
+    def work() -> None:
+        try:
+            outcome = (True, fn(*args))
+        except BaseException as exc:  # handed to the awaiting coroutine, which decides
+            outcome = (False, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop is closed: the shell has left, nobody waits for this
+            pass
+
+    threading.Thread(target=work, name="quantian-shell-call", daemon=True).start()
+    return future
+
+
+class CommandRunner:
+    """Runs one blocking command at a time in a thread; SIGINT (Ctrl-C while it runs) abandons it.
+
+    One SIGINT handler is installed for the whole session (prompt-toolkit's own is turned off:
+    at the prompt Ctrl-C is a key, not a signal), so there is no moment where Ctrl-C could
+    escape as a KeyboardInterrupt. An abandoned call finishes or times out in its thread and
+    its answer is dropped.
+    """
+
+    def __init__(self) -> None:
+        self._task: asyncio.Future[Any] | None = None
+
+    def install(self) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, self._interrupt)
+
+    def uninstall(self) -> None:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+
+    def _interrupt(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        task = self._task = in_thread(fn, *args)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=SLOW_HINT_S)
+            if not done:
+                r.emit(r.line(("class:dim", "waiting for the node… (Ctrl-C cancels)")))
+            return await task
+        except asyncio.CancelledError:
+            if task.cancelled() and not _current_cancelling():
+                raise Cancelled() from None
+            raise
+        finally:
+            self._task = None
 
 
 def _current_cancelling() -> int:
@@ -88,7 +138,7 @@ async def live_view(ctx: Context, command: Command, args: dict[str, Any]) -> Non
     async def refresh() -> None:
         while True:
             try:
-                frame[0] = (await asyncio.to_thread(command.run, ctx, args)).view
+                frame[0] = (await in_thread(command.run, ctx, args)).view
             except ShellError as exc:
                 frame[0] = error_view(exc)
             app.invalidate()
@@ -96,7 +146,7 @@ async def live_view(ctx: Context, command: Command, args: dict[str, Any]) -> Non
 
     task = asyncio.create_task(refresh())
     try:
-        await app.run_async()
+        await app.run_async(handle_sigint=False)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -106,9 +156,9 @@ async def live_view(ctx: Context, command: Command, args: dict[str, Any]) -> Non
 async def _background(prompt: PromptSession, toolbar: ToolbarState, catalog: Catalog) -> None:
     n = 0
     while True:
-        await asyncio.to_thread(toolbar.refresh)
+        await in_thread(toolbar.refresh)
         if n % CATALOG_EVERY == 0:
-            await asyncio.to_thread(catalog.warm)
+            await in_thread(catalog.warm)
         n += 1
         if prompt.app.is_running:
             prompt.app.invalidate()
@@ -136,10 +186,13 @@ async def interact(ctx: Context, history: Path | None) -> int:
     r.emit(r.line("attached to ", ("class:name", ctx.session.target.label), f" ({', '.join(ctx.session.target.roles)}); ",
                   ("class:dim", "`help` lists the commands, Tab completes, Ctrl-D leaves")))
     background = asyncio.create_task(_background(prompt, toolbar, catalog))
+    runner = CommandRunner()
+    runner.install()
     try:
         while True:
             try:
-                line = await prompt.prompt_async(lambda: [("class:name", ctx.session.target.label), ("", "> ")])
+                line = await prompt.prompt_async(lambda: [("class:name", ctx.session.target.label), ("", "> ")],
+                                                 handle_sigint=False)
             except KeyboardInterrupt:
                 continue
             except EOFError:
@@ -151,7 +204,7 @@ async def interact(ctx: Context, history: Path | None) -> int:
                 if command.live:
                     await live_view(ctx, command, args)
                     continue
-                result = await run_cancellable(command.run, ctx, args)
+                result = await runner.run(command.run, ctx, args)
                 r.emit(result.view)
                 if command.name == "connect":
                     toolbar.status = None
@@ -162,6 +215,7 @@ async def interact(ctx: Context, history: Path | None) -> int:
             except ShellError as exc:
                 r.emit(error_view(exc))
     finally:
+        runner.uninstall()
         background.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await background

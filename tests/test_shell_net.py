@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +28,6 @@ TESTNET = [str(BIN / "quantian-testnet")]
 NODE = str(BIN / "quantian-node")
 UP_TIMEOUT_S = 240
 CPR = "\x1b\\[6n"  # prompt-toolkit asks where the cursor is; a terminal answers, so do we
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +157,7 @@ def test_every_command_with_c_and_json(net, capsys, client):
     assert ok(net, capsys, client=client, command="iot stats", node="iot-1")["source"] == "iot-1"
 
 
-def ingestion_has_ticks(net: Path, capsys, client, timeout: float) -> bool:
+def ingestion_has_ticks(net: Path, capsys, client, wait_until, timeout: float) -> bool:
     try:
         wait_until(lambda: ok(net, capsys, "ticks --limit 1", client=client)["ticks"], timeout, "ticks at ingestion-1",
                    interval=2)
@@ -177,14 +166,14 @@ def ingestion_has_ticks(net: Path, capsys, client, timeout: float) -> bool:
     return True
 
 
-def test_injected_spike_reaches_ingestion_and_shows_in_watch_prices(net, capsys, client):
+def test_injected_spike_reaches_ingestion_and_shows_in_watch_prices(net, capsys, client, make_testnet):
     """Needs iot -> ingestion delivery to work (node/delivery, not the shell)."""
-    if not ingestion_has_ticks(net, capsys, client, 20):
+    if not ingestion_has_ticks(net, capsys, client, make_testnet.wait_until, 20):
         pytest.skip("ingestion-1 stored no simulated tick (20 s more after the other tests): iot -> ingestion delivery is not working "
                     "in this tree (see iot-1's node.log), so there is nothing for the shell to show")
     injected = ok(net, capsys, "sim inject BTCUSD --spike 40", client=client)
     assert injected["price"] == pytest.approx(injected["base_price"] * 1.4, rel=1e-6)
-    wait_until(lambda: any(t["event_id"] == injected["event_id"]
+    make_testnet.wait_until(lambda: any(t["event_id"] == injected["event_id"]
                            for t in ok(net, capsys, "ticks BTCUSD --limit 50", client=client)["ticks"]),
                60, "the injected tick in ingestion-1's store", interval=2)
     prices = ok(net, capsys, "watch prices", client=client)["prices"]
@@ -210,8 +199,7 @@ def test_connect_flag_exit_statuses_and_clear_errors(net):
     dead = f"/ip4/127.0.0.1/tcp/9/p2p/{ingestion['peer_id']}"
     proc = run_shell("--connect", dead, *creds, "-c", "status", "--timeout", "5")
     assert proc.returncode == 3 and "unreachable" in proc.stderr
-    for p in (proc,):
-        assert "Traceback" not in p.stderr + p.stdout
+    assert proc.stderr.count("\n") == 1, proc.stderr  # one clear line: no traceback, no library log noise
 
 
 def test_a_key_without_an_operator_certificate_is_refused(net):
@@ -252,6 +240,8 @@ class Terminal:
 
 
 def test_interactive_session_in_a_terminal(net, tmp_path):
+    state = json.loads((net / "testnet.json").read_text())
+    ingestion_id = next(n["peer_id"] for n in state["nodes"] if n["name"] == "ingestion-1")
     term = Terminal(net, tmp_path)
     try:
         term.prompt("bootstrap-1")
@@ -266,6 +256,16 @@ def test_interactive_session_in_a_terminal(net, tmp_path):
         term.run("risk portfolio set BTCUSD=0.25 ETHUSD=0.75", "portfolio set")
         term.run("statsu", "did you mean `status`")
         term.run("review al-1", "usage: review ALERT_ID")
+        term.child.send("garbage")  # Ctrl-C at the prompt drops the line, the shell stays
+        term.child.sendcontrol("c")
+        term.run("metrics control.", "control.requests")
+        with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers: a hung node
+            port = silent.getsockname()[1]
+            term.child.send(f"connect /ip4/127.0.0.1/tcp/{port}/p2p/{ingestion_id}\r")
+            term.expect("Ctrl-C cancels")
+            term.child.sendcontrol("c")  # Ctrl-C while a command runs cancels it
+            term.expect("cancelled")
+            term.prompt("bootstrap-1")
         term.child.send("watch peers\r")  # live view until a key is pressed
         term.expect("press any key")
         term.expect("ingestion-1")
@@ -286,15 +286,15 @@ def test_interactive_session_in_a_terminal(net, tmp_path):
     assert "+help review" in history and "+connect iot-1" in history
 
 
-def test_interactive_review_changes_the_alert_status(net, capsys, client, tmp_path):
+def test_interactive_review_changes_the_alert_status(net, capsys, client, make_testnet, tmp_path):
     """Needs the pipeline to raise an alert (iot -> ingestion -> anomaly); spikes are injected to help."""
-    if not ingestion_has_ticks(net, capsys, client, 2):
+    if not ingestion_has_ticks(net, capsys, client, make_testnet.wait_until, 2):
         pytest.skip("no ticks reach ingestion-1 (iot -> ingestion delivery not working in this tree), so no alert "
                     "can be raised to review")
     for pct in (60, -50, 80):
         ok(net, capsys, f"sim inject ETHUSD --spike {pct}", client=client)
     try:
-        alert = wait_until(lambda: ok(net, capsys, "alerts --status pending_review --limit 1", client=client)["alerts"], 60,
+        alert = make_testnet.wait_until(lambda: ok(net, capsys, "alerts --status pending_review --limit 1", client=client)["alerts"], 60,
                            "an alert from the anomaly node")[0]
     except AssertionError:
         pytest.skip("the pipeline raised no alert within 60 s (anomaly delivery not working in this tree yet)")
