@@ -229,6 +229,7 @@ class RawMessage:
     received_at: float  # epoch seconds
     dup: bool
     connection: int  # which connection delivered it; acks for older connections are void
+    seq: int = 0  # this bridge's receive counter: tells a reused packet id from an old message
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,7 @@ class Bridge:
         self.address = parse_broker_url(config.url, ca_file=config.ca_file)
         self._send, self.messages = trio.open_memory_channel[RawMessage](config.channel_size)
         self._lock = threading.Lock()
-        self._pending: dict[int, int] = {}  # mid -> connection number
+        self._pending: dict[int, int] = {}  # mid -> seq of the unacked message holding it
         self._connection = 0
         self._received = self._acked = self._stale = self._reconnects = 0
         self._connected = False
@@ -293,7 +294,7 @@ class Bridge:
             for msg in messages:
                 if msg.qos == 0:
                     continue
-                if msg.connection == self._connection and self._pending.get(msg.mid) == msg.connection:
+                if msg.connection == self._connection and self._pending.get(msg.mid) == msg.seq:
                     del self._pending[msg.mid]
                     to_ack.append(msg)
                 else:
@@ -478,11 +479,12 @@ class Bridge:
         with self._lock:
             connection = self._connection
             self._received += 1
+            seq = self._received
             if message.qos > 0:
-                self._pending[message.mid] = connection
+                self._pending[message.mid] = seq
         raw = RawMessage(
             topic=message.topic, payload=message.payload, mid=message.mid, qos=message.qos,
-            received_at=time.time(), dup=bool(message.dup), connection=connection,
+            received_at=time.time(), dup=bool(message.dup), connection=connection, seq=seq,
         )
         while True:  # staging full: block paho's thread (backpressure)
             if self._closed:

@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from contextlib import asynccontextmanager
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -228,3 +229,18 @@ async def test_unreachable_broker_fails_with_a_clear_error():
     bridge = Bridge(BridgeConfig(url=f"mqtt://127.0.0.1:{free_port()}", client_id="x", connect_timeout_s=0.5))
     with pytest.raises(BrokerUnreachable, match="cannot connect to MQTT broker mqtt://127.0.0.1"):
         await bridge.run()
+
+
+def test_acking_an_old_message_never_acks_a_newer_one_that_reuses_its_packet_id():
+    bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1", client_id="unit"))
+    acks: list[int] = []
+    bridge._client = SimpleNamespace(ack=lambda mid, qos: acks.append(mid) or 0)  # a fake paho client
+    deliver = partial(bridge._on_message, None, None)
+    deliver(SimpleNamespace(topic="t", payload=b"1", mid=7, qos=1, dup=False))
+    first = bridge._staged[-1]
+    assert bridge.ack([first]) == 1
+    deliver(SimpleNamespace(topic="t", payload=b"2", mid=7, qos=1, dup=False))  # the broker reuses id 7
+    second = bridge._staged[-1]
+    assert bridge.ack([first]) == 0 and bridge.stats.stale_acks == 1
+    assert bridge.stats.inflight == 1
+    assert bridge.ack([second]) == 1 and acks == [7, 7]
