@@ -2,18 +2,24 @@
 
 paho's network thread hands every message, through a bounded staging queue (no round trip to
 trio per message), to one bounded trio memory channel; when both are full that thread blocks
-(backpressure, nothing is dropped). Messages are acknowledged to the
-broker only when the consumer calls ``Bridge.ack`` after downstream has taken them, and the
-session is persistent (stable client id, MQTT 5 ``clean_start=False`` + SessionExpiryInterval,
-or 3.1.1 ``clean_session=False``), so ticks published while the bridge is away, and ticks that
-were received but not acked, are delivered again when it returns (QoS 1 redelivery: downstream
-de-duplicates by event ID).
+(backpressure, nothing is dropped; a consumer stalled for longer than 1.5 keepalives gets the
+connection dropped by the broker, and the unacked messages come back after the reconnect).
+Messages are acknowledged to the broker only when the consumer calls ``Bridge.ack`` after
+downstream has taken them, and the session is persistent (stable client id, MQTT 5
+``clean_start=False`` + SessionExpiryInterval, or 3.1.1 ``clean_session=False``), so ticks
+published while the bridge is away, and ticks received but not acked, are delivered again when
+it returns (QoS 1 redelivery: downstream de-duplicates by event ID).
 
-MQTT 5 is tried first; a broker that answers "unsupported protocol version" (amqtt) is spoken to
-in 3.1.1. On MQTT 5 the bridge subscribes ``$share/<group>/quantian/market/#`` so several bridges
-split the stream; on 3.1.1 it subscribes ``quantian/market/#`` and every bridge gets everything.
+MQTT 5 is probed first (with a separate client id); a broker that answers "unsupported protocol
+version" (amqtt) is spoken to in 3.1.1. On MQTT 5 the bridge subscribes
+``$share/<group>/quantian/market/#`` so several bridges split the stream; on 3.1.1 it subscribes
+``quantian/market/#`` and every bridge gets everything.
+
+Known broker limits (measured): Mosquitto 2.0.11 does not restore shared subscriptions from its
+persistence file, so ticks published between a broker restart and the bridge's resubscribe are
+lost unless ``share_group=None``; amqtt 0.12.1 keeps nothing for anonymous persistent sessions
+and does not redeliver unacked messages on reconnect.
 """
-
 from __future__ import annotations
 
 import logging
