@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Callable
 
 from bootstrap.render import service_argv
+from node.identity import load_or_create_identity
+from node.membership import create_authority, issue_certificate, load_authority, write_certificate
 
 __all__ = ["OfflineAuthority", "quantian_node", "node_cli", "wait_ready", "NodeFailed", "service_argv", "log_tail"]
 
@@ -59,12 +61,17 @@ class OfflineAuthority:
     authority_dir: Path
     operator_dir: Path
 
+    via_cli: bool = True  # False: the same steps through node.membership, without a process each
+
     @classmethod
-    def create(cls, directory: Path) -> "OfflineAuthority":
+    def create(cls, directory: Path, *, via_cli: bool = True) -> "OfflineAuthority":
         directory = Path(directory)
-        net = cls(directory / "authority", directory / "operator")
+        net = cls(directory / "authority", directory / "operator", via_cli)
         net.authority_dir.mkdir(parents=True, exist_ok=True)
-        node_cli("network", "init", "--dir", str(net.authority_dir))
+        if via_cli:
+            node_cli("network", "init", "--dir", str(net.authority_dir))
+        else:
+            create_authority(net.authority_dir)
         net.admit(net.operator_dir, ["operator"], cert=net.operator_dir / "operator.cert")
         shutil.copy(net.authority_dir / "authority.pub", net.operator_dir / "authority.pub")
         return net
@@ -75,8 +82,12 @@ class OfflineAuthority:
 
     def admit(self, data_dir: Path, roles: list[str], *, cert: Path | None = None) -> str:
         """The documented flow: `quantian-node id` where the key lives, then `network admit` offline."""
-        peer_id = node_cli("id", "--data-dir", str(data_dir)).strip()
         out = cert or Path(data_dir) / "node.cert"
+        if not self.via_cli:
+            peer_id = load_or_create_identity(Path(data_dir)).peer_id
+            write_certificate(issue_certificate(load_authority(self.authority_dir), peer_id, roles, 365 * 86400.0), out)
+            return peer_id
+        peer_id = node_cli("id", "--data-dir", str(data_dir)).strip()
         node_cli("network", "admit", peer_id, "--roles", ",".join(roles), "--authority-dir", str(self.authority_dir),
                  "--out", str(out))
         return peer_id
