@@ -93,7 +93,7 @@ def test_event_time_round_trip_and_utc_only():
         parse_event_time("2026-01-01T01:00:00+01:00")
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(topic=st.text(max_size=60), data=st.binary(max_size=600))
 def test_parse_of_arbitrary_bytes_raises_only_rejects(topic, data):
     try:
@@ -109,7 +109,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     changes=st.dictionaries(
         st.sampled_from(["sensor_id", "symbol", "asset_class", "price", "volume", "source", "event_time", "x"]),
