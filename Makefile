@@ -41,8 +41,11 @@ $(STAMP): pyproject.toml
 testnet: $(STAMP)
 	"$(VENV)/bin/quantian-testnet" run $(TESTNET_ARGS)
 
+# pytest exits 5 when it ran no test: that is a failure here, said plainly (make would only say "Error 5").
 test: $(STAMP)
-	"$(VENV)/bin/pytest" $(PYTEST_ARGS)
+	@rc=0; "$(VENV)/bin/pytest" $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no tests (exit 5): failing" >&2; fi; \
+	exit $$rc
 
 bench: $(STAMP)
 	@if [ -f bench/pipeline.py ]; then "$(PY)" bench/pipeline.py; \
