@@ -11,6 +11,7 @@ import json
 import os
 import re
 import socket
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -157,10 +158,13 @@ def test_every_command_with_c_and_json(net, capsys, client):
     assert ok(net, capsys, client=client, command="iot stats", node="iot-1")["source"] == "iot-1"
 
 
-def ingestion_has_ticks(net: Path, capsys, client, wait_until, timeout: float) -> bool:
+def pipeline_is_live(net: Path, capsys, client, wait_until, timeout: float) -> bool:
+    """True once ingestion-1 holds a tick ingested in the last 10 s (the simulator sends 20/s)."""
+    def fresh() -> bool:
+        ticks = ok(net, capsys, "ticks --limit 1", client=client)["ticks"]
+        return bool(ticks) and time.time() - ticks[0]["ingest_time_us"] / 1e6 < 10
     try:
-        wait_until(lambda: ok(net, capsys, "ticks --limit 1", client=client)["ticks"], timeout, "ticks at ingestion-1",
-                   interval=2)
+        wait_until(fresh, timeout, "fresh ticks at ingestion-1", interval=2)
     except AssertionError:
         return False
     return True
@@ -168,9 +172,9 @@ def ingestion_has_ticks(net: Path, capsys, client, wait_until, timeout: float) -
 
 def test_injected_spike_reaches_ingestion_and_shows_in_watch_prices(net, capsys, client, make_testnet):
     """Needs iot -> ingestion delivery to work (node/delivery, not the shell)."""
-    if not ingestion_has_ticks(net, capsys, client, make_testnet.wait_until, 20):
-        pytest.skip("ingestion-1 stored no simulated tick (20 s more after the other tests): iot -> ingestion delivery is not working "
-                    "in this tree (see iot-1's node.log), so there is nothing for the shell to show")
+    if not pipeline_is_live(net, capsys, client, make_testnet.wait_until, 20):
+        pytest.skip("ingestion-1 stored no fresh simulated tick: iot -> ingestion delivery is stalled in this tree "
+                    "(iot-1's node.log: 'holding N ticks'), so an injected tick cannot be seen arriving")
     injected = ok(net, capsys, "sim inject BTCUSD --spike 40", client=client)
     assert injected["price"] == pytest.approx(injected["base_price"] * 1.4, rel=1e-6)
     make_testnet.wait_until(lambda: any(t["event_id"] == injected["event_id"]
@@ -215,16 +219,21 @@ def test_a_key_without_an_operator_certificate_is_refused(net):
 class Terminal:
     """A shell in a pseudo-terminal; answers prompt-toolkit's cursor-position requests."""
 
-    def __init__(self, net: Path, history: Path, node: str = "bootstrap-1") -> None:
-        env = dict(os.environ, NO_COLOR="1", XDG_STATE_HOME=str(history))
+    def __init__(self, net: Path, home: Path, node: str = "bootstrap-1") -> None:
+        env = dict(os.environ, NO_COLOR="1", XDG_STATE_HOME=str(home))
         self.child = pexpect.spawn(NODE, ["shell", "--data-dir", str(node_dir(net, node))], env=env,
                                    encoding="utf-8", timeout=90, dimensions=(40, 200))
-        self.log = []
+        self.transcript: list[str] = []
 
-    def expect(self, pattern: str, timeout: float = 90) -> str:
+    def expect(self, pattern: Any, timeout: float = 90) -> str:
         while True:
-            i = self.child.expect([pattern, CPR], timeout=timeout)
-            self.log.append(self.child.before + str(self.child.after))
+            try:
+                i = self.child.expect([pattern, CPR], timeout=timeout)
+            except pexpect.TIMEOUT:
+                seen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\r", "", "".join(self.transcript) + str(self.child.before))
+                raise AssertionError(f"terminal: no {pattern!r} within {timeout} s; last output:\n"
+                                     + "\n".join(l for l in seen.splitlines() if l.strip())[-3000:]) from None
+            self.transcript.append(str(self.child.before) + str(self.child.after))
             if i == 1:
                 self.child.send("\x1b[1;1R")
                 continue
@@ -240,8 +249,9 @@ class Terminal:
 
 
 def test_interactive_session_in_a_terminal(net, tmp_path):
-    state = json.loads((net / "testnet.json").read_text())
-    ingestion_id = next(n["peer_id"] for n in state["nodes"] if n["name"] == "ingestion-1")
+    from node.identity import load_or_create_identity
+
+    ghost = load_or_create_identity(tmp_path / "ghost").peer_id  # a peer nobody knows an address for
     term = Terminal(net, tmp_path)
     try:
         term.prompt("bootstrap-1")
@@ -261,7 +271,7 @@ def test_interactive_session_in_a_terminal(net, tmp_path):
         term.run("metrics control.", "control.requests")
         with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers: a hung node
             port = silent.getsockname()[1]
-            term.child.send(f"connect /ip4/127.0.0.1/tcp/{port}/p2p/{ingestion_id}\r")
+            term.child.send(f"connect /ip4/127.0.0.1/tcp/{port}/p2p/{ghost}\r")
             term.expect("Ctrl-C cancels")
             term.child.sendcontrol("c")  # Ctrl-C while a command runs cancels it
             term.expect("cancelled")
@@ -288,8 +298,8 @@ def test_interactive_session_in_a_terminal(net, tmp_path):
 
 def test_interactive_review_changes_the_alert_status(net, capsys, client, make_testnet, tmp_path):
     """Needs the pipeline to raise an alert (iot -> ingestion -> anomaly); spikes are injected to help."""
-    if not ingestion_has_ticks(net, capsys, client, make_testnet.wait_until, 2):
-        pytest.skip("no ticks reach ingestion-1 (iot -> ingestion delivery not working in this tree), so no alert "
+    if not pipeline_is_live(net, capsys, client, make_testnet.wait_until, 2):
+        pytest.skip("no fresh ticks reach ingestion-1 (iot -> ingestion delivery stalled in this tree), so no alert "
                     "can be raised to review")
     for pct in (60, -50, 80):
         ok(net, capsys, f"sim inject ETHUSD --spike {pct}", client=client)
