@@ -2,9 +2,10 @@
 
 Each connection is a minimal MQTT 3.1.1 client (sim.wire) that writes PUBLISH packets a batch at
 a time; ``publishers=K`` spreads the stream over K connections, each in its own process (K=1
-runs a thread in this process). Ticks of one topic always go to the same connection, so the per-symbol
-order is kept. Each connection keeps up to ``window`` messages unacknowledged (no waiting on
-each publish); the summary counts what was sent, PUBACKed, and failed.
+runs a thread in this process, and so do all K when the caller runs threads). Ticks of one
+topic always go to the same connection, so the per-symbol order is kept. Each connection keeps
+up to ``window`` messages unacknowledged (no waiting on each publish); the summary counts what
+was sent, PUBACKed, and failed.
 """
 
 from __future__ import annotations
@@ -124,28 +125,25 @@ def publish_ticks(
 
 
 class _Lanes:
-    """K publisher workers (threads for K=1, processes otherwise) and their shared counters."""
+    """K publisher workers and their shared counters: processes when this process has no other
+    threads (the quantian-sim CLI: fork is cheap and safe then), threads otherwise (a program
+    with threads must not fork, and spawning interpreters takes seconds on a busy machine; the
+    wire client's per-message work is small enough for threads to carry thousands of ticks/s)."""
 
     def __init__(self, address: BrokerAddress, prefix: str, k: int, qos: int, window: int, ack_timeout: float):
         self.k = k
         self.qos = qos
-        # fork is cheap but only safe from a process with no other threads (the quantian-sim
-        # CLI); otherwise a forkserver (started once, with this module preloaded) forks them.
-        if threading.active_count() == 1:
-            ctx = multiprocessing.get_context("fork")
-        else:
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["sim.publisher"])
+        processes = k > 1 and threading.active_count() == 1
+        ctx = multiprocessing.get_context("fork")
         self.counters = ctx.Array("q", 3 * k, lock=False)
-        self.results = ctx.Queue() if k > 1 else queue.Queue()
-        self.inboxes = [ctx.Queue(INBOX_BATCHES) if k > 1 else queue.Queue(INBOX_BATCHES) for _ in range(k)]
+        self.results = ctx.Queue() if processes else queue.Queue()
+        self.inboxes = [ctx.Queue(INBOX_BATCHES) if processes else queue.Queue(INBOX_BATCHES) for _ in range(k)]
         self.workers: list[Any] = []
         self.done: dict[int, tuple] = {}
         for i in range(k):
             args = (i, address, f"{prefix}-{i}", qos, window, ack_timeout, self.inboxes[i], self.counters, self.results)
-            worker = ctx.Process(target=_worker, args=args, daemon=True) if k > 1 else threading.Thread(
-                target=_worker, args=args, daemon=True
-            )
+            kind = ctx.Process if processes else threading.Thread
+            worker = kind(target=_worker, args=args, daemon=True)
             worker.start()
             self.workers.append(worker)
 
@@ -159,13 +157,16 @@ class _Lanes:
             raise PublishError(f"publisher {index}: {detail}")
         self.done[index] = detail
 
-    def wait_connected(self, timeout: float = 30.0) -> None:
+    def wait_connected(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         ready = 0
         while ready < self.k:
             if time.monotonic() > deadline:
                 raise PublishError("publishers did not connect in time")
-            item = self.results.get(timeout=max(0.01, deadline - time.monotonic()))
+            try:
+                item = self.results.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise PublishError(f"publishers did not connect within {timeout:.0f} s") from None
             if item[0] == "error":
                 raise PublishError(f"publisher {item[1]}: {item[2]}")
             ready += 1
