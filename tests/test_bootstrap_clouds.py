@@ -212,8 +212,9 @@ class Views:
 KNOWN_REPLICATION_GAP = (
     "seen intermittently on a loaded box: ledger range pulls between namespaces time out opening "
     "/quantian/ledger-sync/1.0.0 (ledger_sync.pull_failed grows, some chains stall) while the same nodes on "
-    "127.0.0.1 replicate; each pair then had two TCP connections, one idle after ~420 bytes ('handshake=False' "
-    "in libp2p's error), which py-libp2p's per-stream connection choice can pick. Reported to the lead")
+    "127.0.0.1 replicate. Suspects: identify replaces a peer's dialled address with its listen address "
+    "(0.0.0.0:4001 here, whatever --announce says), so any re-dial goes to the dialer's own machine; and pairs "
+    "with two TCP connections, one idle after ~420 bytes ('handshake=False'). Reported to the lead")
 
 
 def run_scenario(cloud: Cloud) -> str | None:
