@@ -50,7 +50,8 @@ class Admission:
         now = self._clock()
         late = [p for p, since in self._pending.items() if now - since > self._handshake_timeout_s]
         for peer_id in late:
-            self.refuse(peer_id, "no_certificate")
+            # Possibly just a slow (loaded) peer rather than an outsider: refuse it only briefly.
+            self.refuse(peer_id, "no_certificate", ban_s=min(self._ban_s, self._handshake_timeout_s))
         return late
 
     # --- verification ----------------------------------------------------------------------
@@ -67,12 +68,13 @@ class Admission:
         self._pending.pop(peer_id, None)
         return cert
 
-    def refuse(self, peer_id: str, reason: str) -> None:
+    def refuse(self, peer_id: str, reason: str, *, ban_s: float | None = None) -> None:
+        ban_s = self._ban_s if ban_s is None else ban_s
         self._metrics.inc(f"admission.refused.{reason}")
         self._pending.pop(peer_id, None)
         self._admitted.pop(peer_id, None)
-        self._banned_until[peer_id] = self._clock() + self._ban_s
-        log.warning("refused peer %s: %s (banned for %.0f s)", peer_id, reason, self._ban_s)
+        self._banned_until[peer_id] = self._clock() + ban_s
+        log.warning("refused peer %s: %s (banned for %.0f s)", peer_id, reason, ban_s)
 
     def is_banned(self, peer_id: str) -> bool:
         until = self._banned_until.get(peer_id)

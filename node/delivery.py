@@ -8,15 +8,25 @@ hashing (`node.routing`), so every node agrees on owners without coordination.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from node.host import Host
 from node.metrics import Metrics
-from node.peers import PeerTable
+from node.peers import STALE, PeerTable
 from node.protocols import ticks
 from node.routing import rank
 
 log = logging.getLogger("quantian.delivery")
+
+
+@dataclass
+class GroupedResult:
+    """What `deliver_grouped` achieved: per receiving peer the items and the batch it acked."""
+
+    delivered: list[tuple[str, list[Any], ticks.Batch]] = field(default_factory=list)
+    undelivered: list[Any] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -32,6 +42,12 @@ class Dispatcher:
     def candidates(self, capability: str, key: str) -> list[str]:
         """Live peers able to do `capability`, best owner of `key` first (may include this node)."""
         peer_ids = [e.peer_id for e in self._peers.providers(capability)]
+        # A peer whose adverts are late (a starved CPU) but whose connection is up still counts:
+        # ownership must not flap with gossip delays. A dead peer's connection closes within
+        # a second; a hung one is skipped once a delivery to it times out.
+        peer_ids += [e.peer_id for e in self._peers.entries()
+                     if capability in e.capabilities and self._peers.state_of(e) == STALE
+                     and self._host.is_connected(e.peer_id)]
         if capability in self._own_capabilities:
             peer_ids.append(self._host.peer_id)
         return rank(key, peer_ids)
@@ -61,3 +77,37 @@ class Dispatcher:
             return peer_id, ack
         reason = "; ".join(errors) if errors else f"no live peer can {capability}"
         raise ticks.DeliveryFailed(reason)
+
+    async def deliver_grouped(self, capability: str, kind: str, entries: list[Any], *, key, wire, item_id
+                              ) -> GroupedResult:
+        """Send each entry to the owner of `key(entry)`: one batch per owner; when an owner fails,
+        its entries are regrouped by their next-ranked live peer, each peer tried once per call."""
+        result = GroupedResult()
+        excluded: set[str] = set()
+        remaining = list(entries)
+        while remaining:
+            groups: dict[str, list[Any]] = {}
+            for entry in remaining:
+                ranked = [p for p in self.candidates(capability, key(entry)) if p not in excluded]
+                if ranked:
+                    groups.setdefault(ranked[0], []).append(entry)
+                else:
+                    result.undelivered.append(entry)
+            remaining = []
+            for peer_id, group in groups.items():
+                batch = ticks.new_batch(kind, [wire(e) for e in group], [item_id(e) for e in group])
+                try:
+                    await self.send_to(peer_id, batch)
+                except (ticks.DeliveryFailed, ticks.BatchRefused) as exc:
+                    self._metrics.inc(f"delivery.failed.{kind}")
+                    log.warning("%s", exc)
+                    result.errors.append(str(exc))
+                    excluded.add(peer_id)
+                    remaining.extend(group)
+                    continue
+                self._metrics.inc(f"delivery.batches.{kind}")
+                self._metrics.inc(f"delivery.items.{kind}", len(group))
+                result.delivered.append((peer_id, group, batch))
+        if result.undelivered and not result.errors:
+            result.errors.append(f"no live peer can {capability}")
+        return result

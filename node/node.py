@@ -75,13 +75,8 @@ class Node:
                                    handshake_timeout_s=config.handshake_timeout_s, ban_s=config.ban_s)
         self.control = CommandRegistry()
         self.started_at = time.time()
-        self.host: Host | None = None
-        self.discovery: Discovery | None = None
-        self.roles: list = []
-        self.ledger: LedgerService | None = None
         self._seq = adverts.SequenceClock()
-
-    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        # Everything is wired here, before any I/O, so a bad role setting is a clean ConfigError.
         host = self.host = Host(self.identity)
         self.discovery = Discovery(host, self.admission, self.certificate, self.peers, self.metrics,
                                    self.config.bootstrap)
@@ -89,14 +84,17 @@ class Node:
         host.set_topic_validator(adverts.TOPIC, adverts.Validator(self.peer_id, self.admission, self.peers, self.metrics))
         self._register_commands()
         self.ledger = LedgerService(self.config.data_dir, self.identity, host, self.admission, self.metrics,
-                                    self.control, announce_interval_s=self.config.heartbeat_s)
+                                    self.control, announce_interval_s=2 * self.config.heartbeat_s)
         views.register(self.control, self.ledger, self.identity)
         batch_handlers: dict = {}  # batch kind -> role function; roles fill it in their __init__
         host.set_stream_handler(ticks.PROTOCOL_ID, ticks.Handler(self.admission, self.metrics, batch_handlers))
-        dispatcher = Dispatcher(host, self.peers, self.capabilities, batch_handlers, self.metrics)
+        self.dispatcher = Dispatcher(host, self.peers, self.capabilities, batch_handlers, self.metrics)
         ctx = RoleContext(self.config, self.identity, host, self.peers, self.admission, self.control, self.metrics,
-                          {"ledger": self.ledger, "batch_handlers": batch_handlers, "dispatcher": dispatcher})
+                          {"ledger": self.ledger, "batch_handlers": batch_handlers, "dispatcher": self.dispatcher})
         self.roles = [ROLES[name](ctx) for name in self.config.roles]
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        host = self.host
         async with host.running(list(self.config.listen)):
             async with trio.open_nursery() as nursery:
                 advert_messages = await host.subscribe(adverts.TOPIC)
@@ -224,7 +222,7 @@ class Node:
         symbol = args.get("symbol")
         if not isinstance(symbol, str) or not symbol:
             raise CommandError("usage: route SYMBOL")
-        dispatcher = Dispatcher(self.host, self.peers, self.capabilities, {}, self.metrics)
+        dispatcher = self.dispatcher
         names = {e.peer_id: e.name for e in self.peers.entries()} | {self.peer_id: self.name}
         return {"symbol": symbol, "routes": {
             cap: [{"peer_id": p, "name": names.get(p, "")} for p in dispatcher.candidates(cap, symbol)]

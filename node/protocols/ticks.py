@@ -89,10 +89,6 @@ class Handler:
 
     async def __call__(self, stream) -> None:
         peer = stream.remote_peer
-        if not self._admission.is_member(peer):
-            self._metrics.inc("ticks.refused.not_member")
-            await write_frames(stream, [{"batch_id": None, "ok": False, "error": "not a member"}])
-            return
         reader = FrameReader(stream, MAX_FRAME)
         while True:
             try:
@@ -103,6 +99,11 @@ class Handler:
                 self._metrics.inc(f"ticks.bad_frame.{exc.code}")
                 log.warning("bad tick frame from %s: %s", peer, exc)
                 return
+            if not self._admission.is_member(peer):  # e.g. its handshake has not completed yet
+                self._metrics.inc("ticks.refused.not_member")
+                await write_frames(stream, [{"batch_id": frame.get("batch_id"), "ok": False,
+                                             "error": "not an admitted member (yet)"}])
+                continue
             await write_frames(stream, [await self._one(peer, frame)])
 
     async def _one(self, peer: str, frame: dict[str, Any]) -> dict[str, Any]:

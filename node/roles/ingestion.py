@@ -91,6 +91,8 @@ class IngestionRole(Role):
     async def _forward(self, kind: str) -> None:
         capability = DOWNSTREAM[kind]
         dispatcher = self.ctx.services["dispatcher"]
+        ledger = self.ctx.services["ledger"]
+        me = self.ctx.identity.peer_id
         backoff = BACKOFF_MIN_S
         while True:
             self._wake[kind] = trio.Event()
@@ -98,45 +100,29 @@ class IngestionRole(Role):
             if not pending:
                 await self._wake[kind].wait()
                 continue
-            groups: dict[str, list[tuple[int, str, str, list]]] = {}
-            for row in pending:
-                candidates = dispatcher.candidates(capability, row[2])
-                groups.setdefault(candidates[0] if candidates else "", []).append(row)
-            delivered_all = True
-            for owner, rows in groups.items():
-                if not await self._deliver_group(kind, capability, rows):
-                    delivered_all = False
-                    break
-            if delivered_all:
+            result = await dispatcher.deliver_grouped(capability, kind, pending, key=lambda r: r[2],
+                                                      wire=lambda r: r[3], item_id=lambda r: r[1])
+            for peer, rows, batch in result.delivered:
+                await trio.to_thread.run_sync(self.store.mark_delivered, kind, [r[0] for r in rows])
+                self.counts[f"routed_{kind}"] += len(rows)
+                ledger.record_soon("batch_routed", {"to": peer, "kind": kind, "ticks": len(rows),
+                                                    "merkle_root": batch.merkle_root,
+                                                    "symbols": sorted({r[2] for r in rows})[:50]}, me)
+            if not result.undelivered:
                 backoff = BACKOFF_MIN_S
                 if self._outage[kind]:
                     self._outage[kind] = False
                     log.info("%s routing recovered", kind)
-            else:
-                await trio.sleep(backoff)  # waiting for a peer to (re)appear: elapsed time is the point
-                backoff = min(BACKOFF_MAX_S, backoff * 2)
-
-    async def _deliver_group(self, kind: str, capability: str, rows: list[tuple[int, str, str, list]]) -> bool:
-        dispatcher = self.ctx.services["dispatcher"]
-        ledger = self.ctx.services["ledger"]
-        me = self.ctx.identity.peer_id
-        batch = ticks.new_batch(kind, [r[3] for r in rows], [r[1] for r in rows])
-        try:
-            peer, _ack = await dispatcher.deliver(capability, rows[0][2], batch)
-        except ticks.DeliveryFailed as exc:
+                continue
             self.counts["routing_failures"] += 1
             if not self._outage[kind]:  # one record per outage, not per retry
                 self._outage[kind] = True
-                ledger.record_soon("routing_failed", {"kind": kind, "capability": capability, "ticks": len(rows),
-                                                      "reason": str(exc)[:500]}, me)
-                log.warning("cannot route %d %s events yet: %s", len(rows), kind, exc)
-            return False
-        await trio.to_thread.run_sync(self.store.mark_delivered, kind, [r[0] for r in rows])
-        self.counts[f"routed_{kind}"] += len(rows)
-        ledger.record_soon("batch_routed", {"to": peer, "kind": kind, "ticks": len(rows),
-                                            "merkle_root": batch.merkle_root,
-                                            "symbols": sorted({r[2] for r in rows})[:50]}, me)
-        return True
+                reason = "; ".join(result.errors)[:500]
+                ledger.record_soon("routing_failed", {"kind": kind, "capability": capability,
+                                                      "ticks": len(result.undelivered), "reason": reason}, me)
+                log.warning("cannot route %d %s events yet: %s", len(result.undelivered), kind, reason)
+            await trio.sleep(backoff)  # waiting for a peer to (re)appear: elapsed time is the point
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
 
     # --- commands ----------------------------------------------------------------------------
 

@@ -93,38 +93,32 @@ class IotRole(Role):
             await self._forward(bridge, valid)
 
     async def _forward(self, bridge: Bridge, valid: list[tuple[Any, RawMessage]]) -> None:
-        dispatcher = self.ctx.services["dispatcher"]
-        groups: dict[str, list[tuple[Any, RawMessage]]] = {}
-        for tick, message in valid:
-            candidates = dispatcher.candidates(CAPABILITY_INGEST, tick.symbol)
-            groups.setdefault(candidates[0] if candidates else "", []).append((tick, message))
-        for group in groups.values():
-            batch = ticks.new_batch(ticks.KIND_INGEST, [ticks.tick_to_wire(t) for t, _ in group],
-                                    [t.event_id for t, _ in group])
-            await self._deliver_until_acked(batch, group[0][0].symbol)
-            bridge.ack([m for _, m in group])
-            self.counts["forwarded"] += len(group)
-            self.counts["batches"] += 1
-
-    async def _deliver_until_acked(self, batch: ticks.Batch, key: str) -> None:
-        """Retry (with backoff) until an ingestion peer holds the batch; meanwhile MQTT backs up."""
+        """Deliver every valid tick to its ingestion owner, acking MQTT per delivered batch; what
+        cannot be delivered yet is retried with backoff (MQTT backs up meanwhile, nothing is lost)."""
         dispatcher = self.ctx.services["dispatcher"]
         backoff = BACKOFF_MIN_S
         reported = False
-        while True:
-            try:
-                await dispatcher.deliver(CAPABILITY_INGEST, key, batch)
+        while valid:
+            result = await dispatcher.deliver_grouped(
+                CAPABILITY_INGEST, ticks.KIND_INGEST, valid, key=lambda e: e[0].symbol,
+                wire=lambda e: ticks.tick_to_wire(e[0]), item_id=lambda e: e[0].event_id)
+            for _peer, group, _batch in result.delivered:
+                bridge.ack([m for _, m in group])
+                self.counts["forwarded"] += len(group)
+                self.counts["batches"] += 1
+            valid = result.undelivered
+            if not valid:
                 if reported:
                     log.info("ingestion reachable again")
                 return
-            except ticks.DeliveryFailed as exc:
-                self.counts["delivery_retries"] += 1
-                if not reported:
-                    reported = True
-                    log.warning("holding %d ticks: %s", len(batch.items), exc)
-                    self.ctx.services["ledger"].record_soon(
-                        "routing_failed", {"kind": batch.kind, "ticks": len(batch.items), "reason": str(exc)[:500]},
-                        self.ctx.identity.peer_id)
+            self.counts["delivery_retries"] += 1
+            if not reported:
+                reported = True
+                reason = "; ".join(result.errors)[:500]
+                log.warning("holding %d ticks: %s", len(valid), reason)
+                self.ctx.services["ledger"].record_soon(
+                    "routing_failed", {"kind": ticks.KIND_INGEST, "ticks": len(valid), "reason": reason},
+                    self.ctx.identity.peer_id)
             await trio.sleep(backoff)  # waiting for an ingestion peer: elapsed time is the point
             backoff = min(BACKOFF_MAX_S, backoff * 2)
 
