@@ -165,8 +165,10 @@ class Table:
             return "empty command"
         subs = self.children(words[:1])
         if subs:
+            close = difflib.get_close_matches(words[1], subs, n=1) if len(words) > 1 else []
+            hint = f"; did you mean `{words[0]} {close[0]}`?" if close else ""
             return f"`{words[0]}` needs one of: {', '.join(subs)}" + (
-                f" (not {words[1]!r})" if len(words) > 1 else "")
+                f" (not {words[1]!r}{hint})" if len(words) > 1 else "")
         names = sorted({c.words[0] for c in self.commands} | {c.name for c in self.commands})
         close = difflib.get_close_matches(" ".join(words[:2]), names, n=1) or difflib.get_close_matches(words[0], names, n=1)
         hint = f"; did you mean `{close[0]}`?" if close else ""

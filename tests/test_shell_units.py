@@ -103,6 +103,8 @@ def test_lookup_prefers_the_longest_name_and_suggests_close_matches(ctx):
         prepare(ctx, "statsu")
     with pytest.raises(UsageError, match="`risk` needs one of: history, latest, portfolio"):
         prepare(ctx, "risk")
+    with pytest.raises(UsageError, match="did you mean `risk latest`"):
+        prepare(ctx, "risk lates")
     with pytest.raises(UsageError, match="cannot parse"):
         prepare(ctx, 'review "unterminated')
 
