@@ -135,8 +135,11 @@ def iot_stats(ctx: Context, args: dict[str, Any]) -> Result:
 
 def sim_inject(ctx: Context, args: dict[str, Any]) -> Result:
     """Publish one spiked tick through the broker, priced off the symbol's latest stored price."""
-    from sim.market import SimError, spike_tick
-    from sim.publisher import PublishError, publish_ticks
+    try:
+        from sim.market import SimError, spike_tick
+        from sim.publisher import PublishError, publish_ticks
+    except ImportError as exc:  # the simulator is optional on an operator's machine
+        raise ShellError(f"sim inject needs the simulator package (sim/): {exc}") from None
 
     symbol, pct = args["symbol"], args["spike"]
     url = args.get("mqtt_url") or ctx.session.mqtt_url or broker_url_near(ctx.session.data_dir)

@@ -51,7 +51,7 @@ class Catalog:
         fetch = self._fetchers.get(source)
         try:
             found = fetch() if fetch else []
-        except ShellError:
+        except (ShellError, KeyError, TypeError):  # unreachable node or an answer of another shape
             found = hit[1] if hit else []
         with self._lock:
             self._cache[key] = (time.monotonic(), found)
