@@ -52,12 +52,17 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
         time.sleep(interval)
 
 
+@pytest.fixture(scope="module")
+def authority(tmp_path_factory):
+    """The operator's offline steps, through the real CLI (`network init`, `id`, `network admit`)."""
+    return OfflineAuthority.create(tmp_path_factory.mktemp("offline"))
+
+
 @pytest.fixture
-def rehearsal(tmp_path):
-    net = OfflineAuthority.create(tmp_path)
+def rehearsal(authority, tmp_path):
     data_dir = tmp_path / "aws-1"
-    peer_id = net.admit(data_dir, ["bootstrap"])
-    return net, data_dir, peer_id
+    peer_id = authority.admit(data_dir, ["bootstrap"])
+    return authority, data_dir, peer_id
 
 
 def start_service(tmp_path: Path, settings: render.Settings) -> tuple[subprocess.Popen, Path]:
