@@ -82,16 +82,25 @@ def wait_not_online(testnet, control, victim: str, observers: list[str], timeout
 
 
 def wait_seen_online(testnet, control, victim: str, observers: list[str], timeout: float = 120) -> None:
-    """Every observer has seen `victim`'s current process online (sightings accumulate)."""
+    """Every observer has seen `victim`'s current process online, and `victim` has seen every
+    observer online (sightings accumulate): the node is back in both directions."""
     state = load_state(testnet.dir)
     nodes = [state.node(n) for n in observers + [victim]]
     watch = MeshWatch(nodes)
+    v = state.node(victim).peer_id
+
+    last: dict = {}
 
     def done():
         watch.poll(control)
-        return all((state.node(o).peer_id, state.node(victim).peer_id) in watch.seen for o in observers)
+        last["do not see it"] = [o for o in observers if (state.node(o).peer_id, v) not in watch.seen]
+        last["it does not see"] = [o for o in observers if (v, state.node(o).peer_id) not in watch.seen]
+        return not any(last.values())
 
-    testnet.wait_until(done, timeout, f"{victim} online again at {', '.join(observers)}", interval=0.2)
+    try:
+        testnet.wait_until(done, timeout, f"{victim} back online both ways", interval=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; still missing: {last}") from None
 
 
 def assert_stale_within_three_heartbeats(last_advert: float, t_event: float, victim: str) -> None:
