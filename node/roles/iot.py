@@ -26,6 +26,7 @@ BATCH_WAIT_S = 0.05
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
 CAPABILITY_INGEST = "ingest_market_data"
+INFLIGHT_MAX = 4000
 
 
 async def collect(channel: trio.MemoryReceiveChannel, max_items: int, wait_s: float) -> list:
@@ -59,7 +60,11 @@ class IotRole(Role):
         task_status.started()
         backoff = 1.0
         while True:
-            self.bridge = Bridge(BridgeConfig(url=url, client_id=client_id))
+            # The channel holds every message the broker may send unacked (ReceiveMaximum), so
+            # paho's thread never blocks on backpressure and keeps its keepalive going; a
+            # blocked client gets dropped by the broker, which then redelivers everything.
+            self.bridge = Bridge(BridgeConfig(url=url, client_id=client_id, channel_size=INFLIGHT_MAX,
+                                              receive_maximum=INFLIGHT_MAX))
             self.state = f"connecting to {self.bridge.address.display}"
             try:
                 async with trio.open_nursery() as nursery:
