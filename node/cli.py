@@ -138,21 +138,27 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     from node.node import Node
 
+    configure_logging(config.log_format, config.log_level, config.name)  # again: importing libp2p reset its loggers
+
     try:
         node = Node(config)
     except (ConfigError, IdentityError) as exc:
         return _fail(str(exc), EXIT_USAGE)
 
     async def main() -> None:
+        import logging
+
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
-                await nursery.start(node.run)
-                async for sig in signals:
-                    import logging
 
-                    logging.getLogger("quantian.node").info("received %s, shutting down", signal.Signals(sig).name)
-                    nursery.cancel_scope.cancel()
-                    break
+                async def stop_on_signal() -> None:  # also during a slow start-up
+                    async for sig in signals:
+                        logging.getLogger("quantian.node").info("received %s, shutting down", signal.Signals(sig).name)
+                        nursery.cancel_scope.cancel()
+                        return
+
+                nursery.start_soon(stop_on_signal)
+                nursery.start_soon(node.run)
 
     try:
         trio.run(main)

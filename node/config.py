@@ -75,7 +75,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    node_section = data.get("node", data)
+    node_section = dict(data.get("node", data))
+    # Role settings live in [role.NAME] (a [bootstrap] table would collide with `bootstrap = [...]`);
+    # a bare [NAME] table is accepted where it does not collide.
+    for role_name, settings in dict(node_section.pop("role", {})).items():
+        node_section[role_name] = settings
     unknown = sorted(set(node_section) - _KNOWN - set(NODE_ROLES))
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_KNOWN))}")

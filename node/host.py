@@ -142,21 +142,36 @@ class _ConnectionNotifee(INotifee):
         return None
 
 
+def _disable_auto_connector(host) -> None:
+    """py-libp2p 0.8.1 dials everything in the peerstore towards (low+high watermark)/2 connections
+    whatever the config says (stale operator clients included); discovery.py owns dialling."""
+
+    async def _no_dials(*args, **kwargs) -> None:
+        return None
+
+    auto = getattr(host.get_network(), "auto_connector", None)
+    if auto is not None:
+        auto.start = _no_dials
+        auto.maybe_connect = _no_dials
+
+
 class Host:
     """One libp2p host (+ optional GossipSub) for one identity."""
 
-    def __init__(self, identity: Identity, *, enable_pubsub: bool = True, gossip_heartbeat_s: float = 1.0) -> None:
+    def __init__(self, identity: Identity, *, enable_pubsub: bool = True, gossip_heartbeat_s: float = 1.0,
+                 announce: list[str] | None = None) -> None:
         self.identity = identity
         self.peer_id = identity.peer_id
         key_pair = _to_libp2p_keypair(identity)
         self._host = new_host(
             key_pair=key_pair,
-            # The library's auto-connector dials everything in the peerstore to reach 50+
-            # connections (stale operator clients included); discovery.py decides whom we dial.
             connection_config=ConnectionConfig(min_connections=0, low_watermark=0),
+            # identify must tell peers the announced (public / NAT) address, not a 0.0.0.0 listen
+            announce_addrs=[Multiaddr(a.split("/p2p/")[0]) for a in announce] if announce else None,
             sec_opt={TProtocol(NOISE_PROTOCOL_ID): NoiseTransport(key_pair, noise_privkey=_x25519_key_pair().private_key)},
             muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
         )
+        _disable_auto_connector(self._host)
         self._listeners: list[ConnectionListener] = []
         self._host.get_network().register_notifee(_ConnectionNotifee(self._dispatch_connection_event))
         self._pubsub: Pubsub | None = None

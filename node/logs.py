@@ -33,5 +33,12 @@ def configure_logging(fmt: str = "text", level: str = "info", name: str = "") ->
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    for noisy in NOISY_LOGGERS:
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    # libp2p logs expected events (a control client without pubsub, a peer gone) as ERROR and sets
+    # its own levels, handlers and propagate=False on import: silence the family below CRITICAL
+    # (we count what matters ourselves) and route what remains through our (JSON) handler.
+    names = [n for n in list(logging.root.manager.loggerDict) if n.split(".")[0] in NOISY_LOGGERS]
+    for name in set(names) | set(NOISY_LOGGERS):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.CRITICAL if name.startswith("libp2p") else logging.ERROR)
+        logger.propagate = True
+        logger.handlers[:] = []

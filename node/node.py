@@ -77,7 +77,7 @@ class Node:
         self.started_at = time.time()
         self._seq = adverts.SequenceClock()
         # Everything is wired here, before any I/O, so a bad role setting is a clean ConfigError.
-        host = self.host = Host(self.identity)
+        host = self.host = Host(self.identity, announce=list(self.config.announce) or None)
         self.discovery = Discovery(host, self.admission, self.certificate, self.peers, self.metrics,
                                    self.config.bootstrap)
         host.set_stream_handler(control.PROTOCOL_ID, control.Handler(self.admission, self.control, self.metrics))
@@ -108,6 +108,10 @@ class Node:
                 log.info("node %s ready: peer %s roles %s listening on %s", self.name, self.peer_id,
                          ",".join(self.config.roles), " ".join(self.announce_addrs()))
                 task_status.started(self)
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    (self.config.data_dir / READY_FILE).unlink(missing_ok=True)  # not ready any more
 
     # --- adverts -----------------------------------------------------------------------------
 
@@ -170,8 +174,11 @@ class Node:
     def _write_health_file(self) -> None:
         if self.config.health_file:
             counts = self.peers.counts()
+            ledger = self.ledger.ledger.status() if self.ledger else {}
             write_json_atomic(Path(self.config.health_file), {
-                "ok": True, "ts": time.time(), "peer_id": self.peer_id, "peers_online": counts["online"]})
+                "ok": bool(ledger.get("running")) and ledger.get("verified", False), "ts": time.time(),
+                "peer_id": self.peer_id, "peers_online": counts["online"], "peers_stale": counts["stale"],
+                "ledger_height": ledger.get("height"), "ledger_verified": ledger.get("verified")})
 
     # --- control commands --------------------------------------------------------------------
 

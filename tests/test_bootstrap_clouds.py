@@ -312,9 +312,7 @@ def test_three_clouds_in_namespaces(tmp_path):
             print(cloud.logs_tail())
             raise
         _check_clean_stop(cloud)
-    if replication_failure:
-        # Everything else above passed; this is a node/libp2p gap, reported with the harness to reproduce it.
-        pytest.xfail(f"{KNOWN_REPLICATION_GAP}. Here: {replication_failure}")
+    assert not replication_failure, f"{KNOWN_REPLICATION_GAP}. Here: {replication_failure}"
 
 
 def test_three_clouds_on_loopback(tmp_path):
