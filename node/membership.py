@@ -176,7 +176,7 @@ def parse_authority_public_key(value: str) -> bytes:
     """An authority public key given as 64 hex characters or as a path to a file holding them."""
     text = value.strip()
     path = Path(text)
-    if len(text) != 64 and path.exists():
+    if path.is_file():  # a file path of exactly 64 characters is still a path
         text = path.read_text().strip()
     try:
         key = bytes.fromhex(text)

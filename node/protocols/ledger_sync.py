@@ -31,6 +31,7 @@ MAX_ANNOUNCED_HEADS = 512
 MAX_ANNOUNCED_FORKS = 16
 REQUEST_TIMEOUT_S = 15.0
 MAX_CONCURRENT_PULLS = 4
+REPEAT_EVERY = 5  # unchanged heads are re-announced every 5th interval (repair for lost gossip)
 
 log = logging.getLogger("quantian.ledger_sync")
 
@@ -158,9 +159,18 @@ class Replicator:
         )
 
     async def _announce_loop(self) -> None:
+        """Announce when our heads changed, else every REPEAT_EVERY intervals (gossip costs every
+        node ~10-20 ms of CPU per message: LIBP2P-NOTES §3)."""
+        last: bytes | None = None
+        quiet = 0
         while True:
-            await self._host.publish(HEADS_TOPIC, (await self.announcement()).encode())
-            self._metrics.inc("ledger_sync.announced")
+            encoded = (await self.announcement()).encode()
+            if encoded != last or quiet >= REPEAT_EVERY:
+                await self._host.publish(HEADS_TOPIC, encoded)
+                self._metrics.inc("ledger_sync.announced")
+                last, quiet = encoded, 0
+            else:
+                quiet += 1
             await trio.sleep(self._interval)  # a periodic hint: elapsed time is the behaviour
 
     async def _receive(self, messages) -> None:
