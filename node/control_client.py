@@ -154,6 +154,7 @@ class ControlClient:
         return trio.from_thread.run(self._request, multiaddr, command, args, timeout, trio_token=self._token)
 
     async def _request(self, multiaddr: str, command: str, args: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
+        from node.host import StreamClosed
         from node.protocols import control, hello
 
         try:
@@ -173,3 +174,5 @@ class ControlClient:
                     raise
         except trio.TooSlowError:
             raise RequestTimeout(f"{command} on {multiaddr}: no answer within {timeout:.0f} s") from None
+        except StreamClosed as exc:
+            raise PeerUnreachable(f"{command} on {multiaddr}: the connection closed ({exc})") from None

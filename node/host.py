@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
-from node.errors import PeerUnreachable
+from node.errors import NodeError, PeerUnreachable
 from node.identity import Identity
 
 log = logging.getLogger("quantian.host")
@@ -173,6 +174,7 @@ class Host:
         )
         _disable_auto_connector(self._host)
         self._listeners: list[ConnectionListener] = []
+        self.handler_errors: Counter[str] = Counter()
         self._host.get_network().register_notifee(_ConnectionNotifee(self._dispatch_connection_event))
         self._pubsub: Pubsub | None = None
         self._gossipsub: GossipSub | None = None
@@ -263,12 +265,24 @@ class Host:
     # --- streams -----------------------------------------------------------------------------
 
     def set_stream_handler(self, protocol_id: str, handler: StreamHandler) -> None:
+        """Serve `protocol_id`. This is the boundary of one stream: whatever goes wrong in a
+        handler (a peer that stalls mid-frame, sends garbage, or a bug) ends that stream only and
+        is counted in `handler_errors`; an exception escaping here would take down the whole node."""
+
         async def _handle(raw) -> None:
             stream = Stream(raw, raw.muxed_conn.peer_id.to_base58(), protocol_id)
             try:
                 await handler(stream)
             except StreamClosed as exc:
                 log.debug("%s stream from %s closed: %s", protocol_id, stream.remote_peer, exc)
+            except NodeError as exc:
+                self.handler_errors[f"{protocol_id}:{exc.code}"] += 1
+                log.warning("%s stream from %s dropped: %s", protocol_id, stream.remote_peer, exc)
+                await stream.reset()
+            except Exception:  # a bug: log it loudly, keep the node running
+                self.handler_errors[f"{protocol_id}:bug"] += 1
+                log.exception("%s handler failed on a stream from %s", protocol_id, stream.remote_peer)
+                await stream.reset()
             finally:
                 await stream.close()
 

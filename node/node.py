@@ -203,7 +203,8 @@ class Node:
             "discovery": self.discovery.status() if self.discovery else {},
             "roles_status": {role.name: role.status() for role in self.roles},
             "ledger": self.ledger.ledger.status() if self.ledger else None,
-            "counters": self.metrics.snapshot(), "peers": self.peers.to_json(),
+            "counters": self.metrics.snapshot(), "stream_errors": dict(self.host.handler_errors),
+            "peers": self.peers.to_json(),
         }
 
     async def _cmd_status(self, args: dict, operator: str) -> dict:

@@ -105,11 +105,15 @@ _request_ids = itertools.count(1)
 async def call(host, peer_id: str, command: str, args: dict[str, Any] | None = None,
                timeout: float = 20.0) -> dict[str, Any]:
     """Run one control command on `peer_id`; raises RemoteError with the node's code on failure."""
+    from node.host import StreamClosed
+
     request_id = next(_request_ids)
     stream = await host.open_stream(peer_id, PROTOCOL_ID)
     try:
         reply = await request(stream, {"id": request_id, "command": command, "args": args or {}},
                               timeout=timeout, max_frame=MAX_FRAME)
+    except StreamClosed as exc:
+        raise RemoteError("stream_closed", f"{peer_id} closed the stream before answering {command!r}: {exc}") from None
     finally:
         await stream.close()
     if not reply.get("ok"):

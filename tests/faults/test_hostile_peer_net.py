@@ -1,0 +1,67 @@
+"""A malicious member (valid certificate) against an honest node, over real libp2p on 127.0.0.1.
+
+Slow-loris streams (half a frame, then silence) on every protocol, oversized frames, requests for
+huge ledger ranges, and a flood of adverts: the node stays up, answers its operator, counts what
+it dropped, and caps what it serves.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+
+import trio
+
+from node.identity import Identity
+from node.membership import issue_certificate
+from node.node import Node
+from node.protocols import adverts, control, hello, ledger_sync, ticks
+from test_node_admission_net import network_dir, node_config, start_rogue, wait_until  # noqa: F401
+
+PROTOCOLS = (hello.PROTOCOL_ID, control.PROTOCOL_ID, ledger_sync.PROTOCOL_ID, ticks.PROTOCOL_ID)
+
+
+async def test_slow_loris_oversized_frames_huge_ranges_and_floods(network_dir):
+    base, authority = network_dir
+    node = Node(node_config(base, authority, "honest", ["bootstrap", "ingestion"]))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        addr = node.announce_addrs()[0]
+        rogue_id = Identity.generate()
+        cert = issue_certificate(authority, rogue_id.peer_id, ["risk"], 3600)
+        rogue = await start_rogue(nursery, rogue_id, authority.public_key, cert, pubsub=True)
+        peer = await rogue.connect(addr)
+        await hello.exchange(rogue, peer, cert, rogue.rogue_admission)
+
+        # 1. slow-loris: a length prefix promising 100 bytes, 3 of them, then silence, on every protocol
+        stalled = []
+        for protocol in PROTOCOLS:
+            stream = await rogue.open_stream(peer, protocol)
+            await stream.write(struct.pack(">I", 100) + b"\xa1\x61x")
+            stalled.append(stream)
+        # 2. oversized frame on the tick protocol (4 GiB announced)
+        big = await rogue.open_stream(peer, ticks.PROTOCOL_ID)
+        await big.write(struct.pack(">I", 2**32 - 1) + b"\x00" * 1024)
+        await wait_until(lambda: node.metrics.get("ticks.bad_frame.frame_too_large") >= 1, "oversized frame refused")
+
+        # 3. a huge ledger range: capped, not refused, node keeps serving
+        for i in range(3):
+            await node.ledger.record("checkpoint", {"heads": [[f"a{i}", i, b"x" * 32]]}, node.peer_id)
+        blocks = await ledger_sync.fetch(rogue, peer, node.peer_id, 0, max_count=10**9)
+        assert 1 <= len(blocks) <= ledger_sync.MAX_BLOCKS_PER_REQUEST
+
+        # 4. a flood of (validly signed, replayed) adverts: dropped as replays, node still fine
+        await rogue.subscribe(adverts.TOPIC)
+        body = adverts.Advert(peer_id=rogue_id.peer_id, name="rogue", roles=("risk",), capabilities=("compute_risk",),
+                              addrs=tuple(rogue.listen_addrs()), version="0", seq=int(time.time() * 1000),
+                              ts=time.time(), heartbeat_s=1.0, load={}, cert=cert.encode())
+        data = adverts.encode(body, rogue_id)
+        for _ in range(200):  # bounded flood
+            await rogue.publish(adverts.TOPIC, data)
+        await wait_until(lambda: node.metrics.get("adverts.dropped.replayed") >= 1, "replayed adverts dropped")
+
+        # the stalled streams time out on the node's side and are counted, never fatal
+        await wait_until(lambda: sum(node.host.handler_errors.values()) >= 2, "stalled streams dropped", timeout=120)
+        assert node.status()["peer_id"] == node.peer_id
+        assert any(code.endswith("request_timeout") for code in node.host.handler_errors), node.host.handler_errors
+        nursery.cancel_scope.cancel()
