@@ -83,6 +83,16 @@ def test_pipeline_end_to_end_counts_reconcile(tmp_path, broker):
             latest = wait_until(lambda: control.request(addr(net, "anomaly-1"), "risk latest", timeout=60)
                                 .get("symbols") or None, 120, "risk snapshots replicated")
             assert set(latest) >= {"BTCUSD", "ETHUSD", "AAPL", "MSFT"}
+
+            # once the traffic stops, every node holds identical heads for every author
+            names = [n["name"] for n in net.state()["nodes"]]
+
+            def identical_heads():
+                views = [sorted((h["author"], h["height"], h["hash"]) for h in
+                                control.request(addr(net, name), "ledger heads", timeout=60)["heads"]) for name in names]
+                return views[0] if views[0] and all(v == views[0] for v in views) else None
+
+            wait_until(identical_heads, 240, "identical chain heads on every node")
     finally:
         pids = net.all_pids()
         net.cli("down", check=False)

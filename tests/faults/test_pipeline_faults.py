@@ -2,9 +2,9 @@
 
 An 8-node testnet (two anomaly and two risk nodes) on 127.0.0.1 with a real broker. While
 15,000 ticks flow at 500 ticks/s: kill -9 an anomaly owner (its symbols move to the survivor),
-restart it (ownership rebalances), SIGSTOP a risk node for a while (a hung peer), kill -9 the
-ingestion node and restart it (the iot bridge holds unacknowledged ticks meanwhile; the event
-store keeps what ingestion acknowledged). Invariants afterwards: ingestion stored every tick
+kill -9 the ingestion node mid-stream and restart it (the iot bridge holds unacknowledged ticks
+meanwhile; the event store keeps what ingestion acknowledged), restart the anomaly node
+(ownership rebalances), SIGSTOP a risk node for a while (a hung peer). Invariants afterwards: ingestion stored every tick
 exactly once and delivered every one downstream, the survivors scored what the dead node could
 not, and `ledger verify` passes on every node's data dir.
 """
@@ -70,6 +70,14 @@ def test_no_tick_lost_under_kills_pauses_and_restarts(tmp_path):
             before = role(survivor, "anomaly").get("scored", 0)
             wait_until(lambda: role(survivor, "anomaly").get("scored", 0) > before + 500, 120, "survivor keeps scoring")
 
+            print("perturb: kill -9 ingestion-1 mid-stream, then restart it")
+            at_kill = stored()
+            net.cli("kill", "ingestion-1")
+            net.cli("restart", "ingestion-1")
+            wait_until(lambda: role("ingestion-1", "ingestion").get("ingested", 0) > 0, 180,
+                       "the restarted ingestion node ingests again")
+            print(f"  ingestion-1 had stored {at_kill} when killed")
+
             print(f"perturb: restart {victim}")
             net.cli("restart", victim)
             wait_until(lambda: owners("BTCUSD")[0] == victim, 120, f"BTCUSD back to {victim}")
@@ -78,14 +86,10 @@ def test_no_tick_lost_under_kills_pauses_and_restarts(tmp_path):
             print("perturb: SIGSTOP risk-2 (hung peer)")
             os.kill(risk_pid, signal.SIGSTOP)
             stopped.append(risk_pid)
-            wait_until(lambda: stored() >= 7_000, 300, "7,000 ticks stored while risk-2 hangs")
+            wait_until(lambda: stored() >= min(TICKS, at_kill + 3_000), 300, "ticks keep flowing while risk-2 hangs")
             os.kill(risk_pid, signal.SIGCONT)
             stopped.remove(risk_pid)
             print("perturb: SIGCONT risk-2")
-
-            print("perturb: kill -9 ingestion-1, then restart it")
-            net.cli("kill", "ingestion-1")
-            net.cli("restart", "ingestion-1")
 
             assert sim.wait(timeout=600) == 0, sim.stderr.read()
             summary = json.loads(sim.stdout.read().strip().splitlines()[-1])
