@@ -165,8 +165,12 @@ def _start_sim(directory: Path, url: str, rate: float, seed: int, count: int | N
     log_path = directory / "sim.log"
     argv = _script("quantian-sim", "sim.cli") + ["--mqtt-url", url, "--rate", str(rate), "--seed", str(seed)]
     argv += ["--count", str(count)] if count else ["--forever"]
+    # occasional injected anomalies, so a newcomer sees alerts within a minute; ground truth kept
+    argv += ["--inject", "spike:p=0.004:mag=0.2", "--inject", "volume:p=0.002:mag=8",
+             "--ground-truth", str(directory / "ground_truth.jsonl")]
     pid, start = spawn(argv, log_path)
-    progress(f"simulator publishing {rate:g} ticks/s to {url}, pid {pid}")
+    progress(f"simulator publishing {rate:g} ticks/s to {url} with injected anomalies "
+             f"(ground truth: {directory / 'ground_truth.jsonl'}), pid {pid}")
     return ServiceState(pid=pid, log_path=str(log_path), proc_start=start)
 
 

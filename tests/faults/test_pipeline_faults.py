@@ -44,7 +44,8 @@ def test_no_tick_lost_under_kills_pauses_and_restarts(tmp_path):
         assert {"anomaly-1", "anomaly-2", "risk-1", "risk-2"} <= names, names
         sim = subprocess.Popen(
             [str(BIN / "quantian-sim"), "--mqtt-url", net.state()["broker"]["url"], "--rate", str(RATE),
-             "--count", str(TICKS), "--seed", "5", "--quiet", "--inject", "spike:p=0.001"],
+             "--count", str(TICKS), "--seed", "5", "--quiet", "--inject", "spike:p=0.001",
+             "--ground-truth", str(tmp_path / "truth.jsonl")],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
 
         with ControlClient(OperatorCredentials.load(net.dir / "operator")) as control:
