@@ -1,0 +1,129 @@
+"""Micro-benchmarks of the pipeline's hot functions (issue 7): prints figures, asserts nothing.
+
+    .venv/bin/python bench/micro.py [--repeat 5] [--n 20000]
+
+- normalise: node.market_events.parse + Normaliser.derive of one simulated MQTT tick;
+- route: node.routing.rank of one key over 6 peer ids (a testnet's worth);
+- score: MarketDetector.score_batch on 1,000-row batches (ops/s = batches/s; rows/s also shown);
+- risk: node.analytics.risk.snapshot of one 250-price path.
+
+Each figure is ops per CPU-second (time.process_time), the median of --repeat rounds; the
+wall-clock medians are in the JSON line too (on a shared box they mostly measure the neighbours).
+Ends with one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+# Run as a script, this file's folder comes first on sys.path (bench/sim.py would shadow sim).
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+    sys.path.pop(0)
+
+import numpy as np  # noqa: E402
+
+from node.analytics.detector import MarketDetector  # noqa: E402
+from node.analytics.risk import snapshot  # noqa: E402
+from node.market_events import Normaliser, parse  # noqa: E402
+from node.routing import rank  # noqa: E402
+from sim.market import MarketSim  # noqa: E402
+
+
+WALL: dict[str, float] = {}
+
+
+def rounds(fn, ops: int, repeat: int) -> float:
+    """Median ops per CPU-second of `repeat` calls of fn() (each doing `ops` operations).
+
+    CPU time (time.process_time), not wall time: on a shared machine the wall figure mostly
+    measures the other tenants. The wall-clock median is kept in WALL for the JSON line."""
+    cpu, wall = [], []
+    for _ in range(repeat):
+        c0, w0 = time.process_time(), time.perf_counter()
+        fn()
+        cpu.append(ops / max(time.process_time() - c0, 1e-9))
+        wall.append(ops / (time.perf_counter() - w0))
+    WALL[fn.__qualname__.split(".")[0]] = statistics.median(wall)
+    return statistics.median(cpu)
+
+
+def bench_normalise(n: int, repeat: int) -> float:
+    messages = [(t.topic, t.payload()) for t in MarketSim(seed=1, start_time_us=int(time.time() * 1e6)).ticks(n)]
+    received = time.time()
+
+    def run() -> None:
+        norm = Normaliser()
+        for topic, payload in messages:
+            norm.derive(parse(topic, payload, received_at=received))
+    return rounds(run, n, repeat)
+
+
+def bench_route(n: int, repeat: int) -> float:
+    peers = [f"12D3KooWPeer{i:040d}" for i in range(6)]
+    keys = [f"crypto/SYM{i % 64}" for i in range(n)]
+
+    def run() -> None:
+        for key in keys:
+            rank(key, peers)
+    return rounds(run, n, repeat)
+
+
+def bench_score(batches: int, repeat: int, rows: int = 1000) -> float:
+    rng = np.random.default_rng(1)
+    data = []
+    for _ in range(batches):
+        prices = 100 * np.exp(np.cumsum(rng.normal(0, 1e-3, rows)))
+        data.append((prices, rng.lognormal(3, 0.5, rows)))
+
+    def run() -> None:
+        det = MarketDetector()  # one symbol's detector fed batch after batch, as the anomaly role does
+        for p, v in data:
+            det.score_batch(p, v)
+    MarketDetector().score_batch(*data[0])  # imports / first-call set-up outside the timing
+    return rounds(run, batches, repeat)
+
+
+def bench_risk(n: int, repeat: int, length: int = 250) -> float:
+    rng = np.random.default_rng(2)
+    paths = [100 * np.exp(np.cumsum(rng.normal(0, 1e-2, length))) for _ in range(16)]
+
+    def run() -> None:
+        for i in range(n):
+            snapshot(paths[i % 16])
+    return rounds(run, n, repeat)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeat", type=int, default=5, help="timed rounds per benchmark (median; default %(default)s)")
+    p.add_argument("--n", type=int, default=5_000, help="operations per round for normalise/route (default %(default)s)")
+    args = p.parse_args(argv)
+    load = os.getloadavg()
+    res = {
+        "normalise_ops_per_s": bench_normalise(args.n, args.repeat),
+        "route_ops_per_s": bench_route(args.n, args.repeat),
+        "score_batch_1000_ops_per_s": bench_score(10, args.repeat),
+        "risk_snapshot_ops_per_s": bench_risk(max(1, args.n // 20), args.repeat),
+    }
+    res["score_rows_per_s"] = res["score_batch_1000_ops_per_s"] * 1000
+    print(f"{'function':<36} {'ops/CPU-s (median of ' + str(args.repeat) + ')':>26}  {'CPU us/op':>9}")
+    for name, label in (("normalise_ops_per_s", "normalise (parse + Normaliser.derive)"),
+                        ("route_ops_per_s", "route (routing.rank, 6 peers)"),
+                        ("score_batch_1000_ops_per_s", "score_batch (1,000 rows)"),
+                        ("risk_snapshot_ops_per_s", "risk.snapshot (250 prices)")):
+        print(f"{label:<36} {res[name]:>26,.1f}  {1e6 / res[name]:>9.1f}")
+    print(f"{'  = scored rows per CPU-s':<36} {res['score_rows_per_s']:>26,.0f}")
+    out = {k: round(v, 1) for k, v in res.items()}
+    out["wall_ops_per_s"] = {k.removeprefix("bench_"): round(v, 1) for k, v in WALL.items()}
+    out["loadavg"] = [round(x, 2) for x in load]
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
