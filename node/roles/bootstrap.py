@@ -66,13 +66,17 @@ class BootstrapRole(Role):
             await trio.sleep(self._checkpoint_interval)  # periodic by design
             heads = await ledger.ledger.heads()
             summary = tuple((h.author, h.height, h.hash) for h in heads if h.author != self.ctx.identity.peer_id)
-            if summary and summary != self._last_checkpoint:
+            # Only changes of non-bootstrap chains trigger a checkpoint: two bootstraps recording
+            # each other's checkpoints would otherwise append forever on an idle network.
+            bootstraps = {e.peer_id for e in self.ctx.peers.entries() if "bootstrap" in e.roles}
+            trigger = tuple(h for h in summary if h[0] not in bootstraps)
+            if trigger and trigger != self._last_checkpoint:
                 try:
                     await ledger.record("checkpoint", {"heads": [list(h) for h in summary]}, self.ctx.identity.peer_id)
                 except LedgerError as exc:
                     log.error("checkpoint not recorded: %s", exc)
                     continue
-                self._last_checkpoint = summary
+                self._last_checkpoint = trigger
                 self.checkpoints += 1
 
     def status(self) -> dict[str, Any]:
