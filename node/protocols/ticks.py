@@ -151,7 +151,7 @@ class Sender:
                 # A connection that cannot carry a new stream is often half-dead in py-libp2p's
                 # swarm; dropping it lets discovery redial a fresh one.
                 await self._host.disconnect(self.peer_id)
-                raise DeliveryFailed(f"{batch.kind} batch {batch.batch_id} to {self.peer_id}: {exc or 'timeout'}") from None
+                raise DeliveryFailed(f"{batch.kind} batch {batch.batch_id} to {self.peer_id}: {str(exc) or 'no ack within ' + str(timeout) + ' s'}") from None
             if ack.get("batch_id") != batch.batch_id:
                 await self.close()
                 raise DeliveryFailed(f"ack for {ack.get('batch_id')!r}, expected {batch.batch_id}")

@@ -36,7 +36,7 @@ def test_no_tick_lost_under_kills_pauses_and_restarts(tmp_path):
     from node.control_client import ControlClient, ControlError, OperatorCredentials
 
     net = Testnet(tmp_path / "net")
-    net.cli("up", "--nodes", "8", "--no-sim", "--heartbeat", "2", "--timeout", str(UP_TIMEOUT_S))
+    net.cli("up", "--nodes", "8", "--no-sim", "--heartbeat", "3", "--timeout", str(UP_TIMEOUT_S))
     sim = None
     stopped: list[int] = []
     try:
