@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leaves(error: BaseException) -> list[str]:
+    """The messages of the innermost exceptions of a (nested) exception group."""
+    if isinstance(error, BaseExceptionGroup):
+        return [m for sub in error.exceptions for m in _leaves(sub)]
+    return [str(error)]
+
+
 def _fail(message: str, code: int = EXIT_FAILURE) -> int:
     print(f"quantian-node: error: {message}", file=sys.stderr)
     return code
@@ -160,10 +167,13 @@ def cmd_start(args: argparse.Namespace) -> int:
                 nursery.start_soon(stop_on_signal)
                 nursery.start_soon(node.run)
 
+    failure: list[str] = []
     try:
         trio.run(main)
-    except OSError as exc:
-        return _fail(f"could not start the node: {exc}")
+    except* OSError as group:  # e.g. the listen port is taken: a clear line, not a traceback
+        failure.extend(_leaves(group))
+    if failure:
+        return _fail(f"could not start the node: {'; '.join(failure)}")
     return EXIT_OK
 
 

@@ -198,6 +198,8 @@ class Host:
     async def running(self, listen: list[str]) -> AsyncIterator["Host"]:
         """Listen on `listen` (start pubsub before any dial, so it sees every connection)."""
         async with self._host.run([Multiaddr(a) for a in listen]):
+            if listen and not self._host.get_addrs():  # py-libp2p logs a failed bind and carries on
+                raise OSError(f"could not listen on {' '.join(listen)} (address in use or not available here)")
             if self._pubsub is None:
                 yield self
                 return
