@@ -61,23 +61,6 @@ class Dispatcher:
             return await handler(peer_id, batch)
         return await self._senders.to(peer_id).send(batch)
 
-    async def deliver(self, capability: str, key: str, batch: ticks.Batch, *, max_candidates: int = 3) -> tuple[str, dict]:
-        """Try the owner of `key`, then the next-ranked peers. Returns (peer, ack) or raises DeliveryFailed."""
-        errors = []
-        for peer_id in self.candidates(capability, key)[:max_candidates]:
-            try:
-                ack = await self.send_to(peer_id, batch)
-            except (ticks.DeliveryFailed, ticks.BatchRefused) as exc:
-                self._metrics.inc(f"delivery.failed.{batch.kind}")
-                errors.append(str(exc))
-                log.warning("%s", exc)
-                continue
-            self._metrics.inc(f"delivery.batches.{batch.kind}")
-            self._metrics.inc(f"delivery.items.{batch.kind}", len(batch.items))
-            return peer_id, ack
-        reason = "; ".join(errors) if errors else f"no live peer can {capability}"
-        raise ticks.DeliveryFailed(reason)
-
     async def deliver_grouped(self, capability: str, kind: str, entries: list[Any], *, key, wire, item_id
                               ) -> GroupedResult:
         """Send each entry to the owner of `key(entry)`: one batch per owner; when an owner fails,

@@ -334,9 +334,3 @@ class Host:
             return validator(forwarder.to_base58(), GossipMessage(topic, bytes(msg.data), origin))
 
         self._require_pubsub().set_topic_validator(topic, _validate, False)
-
-    def mesh_peers(self, topic: str) -> list[str]:
-        if self._gossipsub is None:
-            return []
-        return [p.to_base58() for p in self._gossipsub.mesh.get(topic, set())]
-

@@ -18,6 +18,3 @@ def rank(key: str, peer_ids: list[str] | tuple[str, ...] | set[str]) -> list[str
     """Peers ordered by preference for `key` (first = owner)."""
     return sorted(set(peer_ids), key=lambda p: weight(p, key), reverse=True)
 
-
-def owners(key: str, peer_ids, count: int = 1) -> list[str]:
-    return rank(key, peer_ids)[:count]
