@@ -83,7 +83,9 @@ async def test_full_channel_blocks_paho_and_cancel_still_stops_promptly(mqtt_bro
         async with Running(mqtt_broker.url, "iot-full", channel_size=4) as bridge:
             await publish(mqtt_broker.url, ticks)
             first = await collect(bridge, 4)  # nobody reads more: paho's thread waits for room
-            assert bridge.stats.received <= 4 + 4 + 1  # channel + staging + the one it waits with
+            # backpressure: paho stops reading long before the 100 published (channel + staging + the
+            # packets already decoded from its last socket read, which varies with timing)
+            assert bridge.stats.received <= 4 + 4 + 16 < len(ticks), bridge.stats
         # stopped without losing anything: nothing was acked, all 100 come back
         async with Running(mqtt_broker.url, "iot-full") as bridge:
             again = await collect(bridge, 100)
