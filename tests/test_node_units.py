@@ -285,3 +285,22 @@ async def test_oversized_and_malformed_frames_are_refused():
     body = cbor2.dumps([1, 2])
     with pytest.raises(FrameDecodeError):
         await FrameReader(_MemoryStream(len(body).to_bytes(4, "big") + body)).read_frame(5)
+
+
+# --- memory: heavy analytics imports only where a role needs them --------------------------------
+
+
+def test_only_the_anomaly_role_imports_scikit_learn_and_scipy():
+    """scikit-learn + SciPy add ~140 MB of RSS per process: bootstrap, iot, ingestion and risk
+    nodes must not import them (the anomaly role imports its detector when it is built)."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, node.cli, node.node, node.roles, node.roles.risk, node.views; "
+             "print(sorted(m for m in ('sklearn', 'scipy', 'pandas') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    probe = ("import sys, node.roles.anomaly; from node.roles.anomaly import AnomalyRole; "
+             "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False", out.stdout  # not even when the module is imported

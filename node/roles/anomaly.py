@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from collections import OrderedDict, deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import trio
 
-from node.analytics.detector import DetectorConfig, DetectorError, MarketDetector, Score
 from node.errors import ConfigError
-from node.market_events import BadWireEvent, MarketEvent, RecentIds, format_event_time
+from node.market_events import MarketEvent, RecentIds, format_event_time
 from node.protocols import ticks
 from node.roles.base import Role
+from node.roles.batches import decode_batch, fresh_by_symbol
+
+if TYPE_CHECKING:
+    from node.analytics.detector import MarketDetector, Score
 
 log = logging.getLogger("quantian.anomaly")
 
@@ -34,46 +36,11 @@ MAX_SYMBOLS = 512
 DEDUP_CAPACITY = 65536
 MAX_ALERTS = 500
 PENDING_REVIEW = "pending_review"
-MAX_EVENT_TIME_US = 253_402_300_799_000_000  # 9999-12-31: beyond it a time cannot be written as a date
 
 
 def alert_id_for(event_id: str) -> str:
     """Deterministic alert id: a redelivered or re-scored event names the same alert."""
     return "al-" + hashlib.sha256(event_id.encode()).hexdigest()[:12]
-
-
-def decode_batch(batch: ticks.Batch) -> list[MarketEvent]:
-    """The batch's market events, checked against their ids; raises BatchRefused on anything odd."""
-    events = []
-    for index, (item, item_id) in enumerate(zip(batch.items, batch.item_ids)):
-        try:
-            event = MarketEvent.from_wire(item)
-        except (BadWireEvent, TypeError) as exc:
-            raise ticks.BatchRefused(f"item {index} is not a market event: {exc}") from None
-        if event.event_id != item_id:
-            raise ticks.BatchRefused(f"item {index} has event id {event.event_id[:16]!r}, listed as {item_id[:16]!r}")
-        if not (math.isfinite(event.price) and event.price > 0 and math.isfinite(event.volume) and event.volume >= 0):
-            raise ticks.BatchRefused(f"item {index} has price {event.price!r} / volume {event.volume!r} out of range")
-        if not 0 <= event.event_time_us <= MAX_EVENT_TIME_US:
-            raise ticks.BatchRefused(f"item {index} has event time {event.event_time_us!r} out of range")
-        events.append(event)
-    return events
-
-
-def fresh_by_symbol(events: list[MarketEvent], seen: RecentIds) -> tuple[dict[str, list[MarketEvent]], int]:
-    """Events not seen before (nor earlier in the batch), per symbol in event-time order; and the duplicate count."""
-    by_symbol: dict[str, list[MarketEvent]] = {}
-    ids: set[str] = set()
-    duplicates = 0
-    for event in events:
-        if event.event_id in seen or event.event_id in ids:
-            duplicates += 1
-            continue
-        ids.add(event.event_id)
-        by_symbol.setdefault(event.symbol, []).append(event)
-    for group in by_symbol.values():
-        group.sort(key=lambda e: e.event_time_us)  # stable: arrival order breaks ties
-    return by_symbol, duplicates
 
 
 class AnomalyRole(Role):
@@ -91,9 +58,14 @@ class AnomalyRole(Role):
             if key in sizes and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"[anomaly] {key} must be an integer >= 1, got {value!r}")
         sizes.update((k, v) for k, v in settings.items() if k in sizes)
+        # Imported here, not at module level: scikit-learn and SciPy cost ~140 MB of RSS, which
+        # only a node with this role should pay (measured with bench/pipeline.py).
+        from node.analytics import detector as detector_lib
+
+        self._detector_lib = detector_lib
         try:  # [anomaly.detector] overrides DetectorConfig fields (the benchmarked defaults otherwise)
-            self.detector_config = DetectorConfig(**settings.get("detector", {}))
-        except (TypeError, DetectorError) as exc:
+            self.detector_config = detector_lib.DetectorConfig(**settings.get("detector", {}))
+        except (TypeError, detector_lib.DetectorError) as exc:
             raise ConfigError(f"[anomaly.detector] {exc}") from None
         self.max_symbols = sizes["max_symbols"]
         self._seen = RecentIds(sizes["dedup_capacity"])
@@ -116,7 +88,7 @@ class AnomalyRole(Role):
             by_symbol, duplicates = fresh_by_symbol(events, self._seen)
             try:
                 scored = await trio.to_thread.run_sync(self._score, by_symbol)
-            except DetectorError as exc:  # validated above; a detector refusal still must not kill the node
+            except self._detector_lib.DetectorError as exc:  # validated above; a detector refusal still must not kill the node
                 self.counts["refused"] += 1
                 self.ctx.metrics.inc("anomaly.batches_refused")
                 raise ticks.BatchRefused(f"detector refused the batch: {exc}") from None
@@ -145,7 +117,7 @@ class AnomalyRole(Role):
     def _detector(self, symbol: str) -> MarketDetector:
         detector = self._detectors.pop(symbol, None)
         if detector is None:
-            detector = MarketDetector(self.detector_config)
+            detector = self._detector_lib.MarketDetector(self.detector_config)
         self._detectors[symbol] = detector
         if len(self._detectors) > self.max_symbols:
             self._detectors.popitem(last=False)

@@ -27,7 +27,7 @@ from node.analytics import risk as rm
 from node.errors import ConfigError
 from node.market_events import MarketEvent, RecentIds
 from node.protocols import ticks
-from node.roles.anomaly import decode_batch
+from node.roles.batches import decode_batch
 from node.roles.base import Role
 from node.views import current_portfolio
 
