@@ -70,10 +70,15 @@ class Dispatcher:
         remaining = list(entries)
         while remaining:
             groups: dict[str, list[Any]] = {}
+            owner_of: dict[Any, str | None] = {}  # one ranking per key per round, not per entry
             for entry in remaining:
-                ranked = [p for p in self.candidates(capability, key(entry)) if p not in excluded]
-                if ranked:
-                    groups.setdefault(ranked[0], []).append(entry)
+                k = key(entry)
+                if k not in owner_of:
+                    ranked = [p for p in self.candidates(capability, k) if p not in excluded]
+                    owner_of[k] = ranked[0] if ranked else None
+                owner = owner_of[k]
+                if owner is not None:
+                    groups.setdefault(owner, []).append(entry)
                 else:
                     result.undelivered.append(entry)
             remaining = []

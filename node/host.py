@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -50,6 +51,10 @@ log = logging.getLogger("quantian.host")
 PUBSUB_QUEUE_SIZE = 4096
 DIAL_TIMEOUT_S = 10.0
 STREAM_OPEN_TIMEOUT_S = 10.0
+
+# py-libp2p's yamux sends a WINDOW_UPDATE on almost every read (9,250 for 600 RPCs, LIBP2P-NOTES §3);
+# off, credit is released go-yamux style once half the window is consumed. Read at call time.
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 
 # The defaults (32) turn a short backlog into silent loss; read at call time, so set them here.
 _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = PUBSUB_QUEUE_SIZE

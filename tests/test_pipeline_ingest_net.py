@@ -12,6 +12,7 @@ import time
 import pytest
 import trio
 
+from chain import queries
 from mqtt_fixtures import mqtt_broker  # noqa: F401
 from node.config import load_config
 from node.node import Node
@@ -68,6 +69,19 @@ async def test_ticks_flow_from_mqtt_to_ingestion_exactly_once(network_dir, mqtt_
         stats = role(iot, "iot").status()
         assert stats["rejected"] == {"bad_json": 1, "topic_mismatch": 1, "bad_price": 1}
         assert stats["mqtt"]["acked"] == stats["mqtt"]["received"] == TICKS + TICKS // 10 + len(malformed)
+        # the ledger holds batch-level evidence: rolled-up records that account for every tick
+        with trio.fail_after(60):
+            while True:
+                found = (await ingestion.ledger.ledger.query(
+                    queries.find, record_type="market_batch_ingested", limit=1000))["records"]
+                if sum(r["payload"]["ticks"] for r in found) >= TICKS:
+                    break
+                await trio.sleep(0.2)  # polling the ledger until the rollup's next flush lands
+        assert sum(r["payload"]["ticks"] for r in found) == TICKS
+        assert sum(r["payload"]["duplicates"] for r in found) == TICKS // 10
+        assert sum(r["payload"]["batches"] for r in found) <= ing.counts["batches"]
+        assert len(found) < ing.counts["batches"], (len(found), ing.counts["batches"])  # rolled up, not per batch
+        assert {r["payload"]["from"] for r in found} == {iot.peer_id}
         recent = await ingestion.control.get("ticks recent")({"symbol": "BTCUSD", "limit": 5}, "test")
         assert len(recent["ticks"]) == 5 and all(t["symbol"] == "BTCUSD" for t in recent["ticks"])
         # no anomaly/risk node yet: events wait in the outbox, and the outage is on the ledger once

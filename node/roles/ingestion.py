@@ -5,6 +5,8 @@ event store; forwarders then move pending events to the owner of each symbol for
 `detect_anomalies` and for `compute_risk` (rendezvous hashing over live peers, failing over to
 the next-ranked), mark them delivered on ack, and record `batch_routed` — or `routing_failed`
 once per outage while the events wait for redelivery. Nothing accepted is dropped.
+`market_batch_ingested` and `batch_routed` are rolled up (node/rollup.py): one record per peer
+(and kind) per second, not one per batch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from node.market_events import MarketEvent, Normaliser
 from node.protocols import ticks
 from node.protocols.control import CommandError
 from node.roles.base import Role
+from node.rollup import Rollup
 
 log = logging.getLogger("quantian.ingestion")
 
@@ -41,6 +44,9 @@ class IngestionRole(Role):
         self.counts = {"batches": 0, "received": 0, "ingested": 0, "duplicates": 0,
                        "routed_score": 0, "routed_risk": 0, "routing_failures": 0}
         self._outage: dict[str, bool] = {kind: False for kind in DOWNSTREAM}
+        record, me = ctx.services["ledger"].record_soon, ctx.identity.peer_id
+        self.ingested_records = Rollup(record, "market_batch_ingested", me)
+        self.routed_records = Rollup(record, "batch_routed", me)
         ctx.services["batch_handlers"][ticks.KIND_INGEST] = self.on_batch
         ctx.control.register("ticks recent", self._cmd_recent, "recent market events (args: symbol, limit)")
 
@@ -48,6 +54,8 @@ class IngestionRole(Role):
         self.store = await trio.to_thread.run_sync(EventStore, self.ctx.config.data_dir)
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.ingested_records.run)
+                await nursery.start(self.routed_records.run)
                 for kind in DOWNSTREAM:
                     nursery.start_soon(self._forward, kind)
                 task_status.started()
@@ -81,9 +89,8 @@ class IngestionRole(Role):
         for event in self._wake.values():
             event.set()
         if added:
-            self.ctx.services["ledger"].record_soon("market_batch_ingested", {
-                "ticks": added, "duplicates": duplicates, "from": sender,
-                "merkle_root": ticks.batch_root([e.event_id for e in fresh])}, self.ctx.identity.peer_id)
+            self.ingested_records.add({"from": sender}, [e.event_id for e in fresh],
+                                      counts={"duplicates": duplicates})
         return {"accepted": added, "duplicates": duplicates}
 
     # --- outbound ----------------------------------------------------------------------------
@@ -105,9 +112,7 @@ class IngestionRole(Role):
             for peer, rows, batch in result.delivered:
                 await trio.to_thread.run_sync(self.store.mark_delivered, kind, [r[0] for r in rows])
                 self.counts[f"routed_{kind}"] += len(rows)
-                ledger.record_soon("batch_routed", {"to": peer, "kind": kind, "ticks": len(rows),
-                                                    "merkle_root": batch.merkle_root,
-                                                    "symbols": sorted({r[2] for r in rows})[:50]}, me)
+                self.routed_records.add({"to": peer, "kind": kind}, batch.item_ids, symbols={r[2] for r in rows})
             if not result.undelivered:
                 backoff = BACKOFF_MIN_S
                 if self._outage[kind]:
@@ -138,6 +143,8 @@ class IngestionRole(Role):
 
     def status(self) -> dict[str, Any]:
         out = dict(self.counts)
+        out["ledger_records"] = {"market_batch_ingested": self.ingested_records.records,
+                                 "batch_routed": self.routed_records.records}
         if self.store is not None:
             out.update(self.store.counts())
         return out
