@@ -14,7 +14,9 @@ operator control channel. Per rate it reports:
 - publish->scored latency median / p99 (see "Latency" below);
 - CPU per tick per node (utime+stime from /proc/PID/stat, nodes only) and for the network, also
   net of the idle network's own CPU (measured for 3 s after warm-up) over the same window;
-- peak RSS (VmHWM) per node; ledger bytes per tick (growth of every node's ledger.sqlite*).
+- peak RSS (VmHWM) per node; ledger bytes per tick: growth of one node's ledger database (the
+  largest of the six; every node holds every chain), also its signed block bytes alone and the sum
+  over all six replicas.
 
 Latency: the simulator prints its progress ("sent N") once a second on stderr; the harness
 timestamps those lines into a publish timeline ("sent 0" placed at first-line time - sent / rate,
@@ -43,6 +45,7 @@ import math
 import os
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -87,8 +90,21 @@ def rss_peak_mb(pid: int) -> float:
     return float("nan")
 
 
-def ledger_bytes(data_dir: Path) -> int:
-    return sum(p.stat().st_size for p in data_dir.glob("ledger.sqlite*") if p.is_file())
+def ledger_bytes(data_dir: Path) -> dict[str, float]:
+    """What one node's ledger holds: `db`, the SQLite database's used pages as this read-only
+    connection sees them (WAL content included: the WAL file itself is a bounded, reused log, so its
+    file size is no measure of growth), and `blocks`, the signed block bytes inside it."""
+    try:
+        conn = sqlite3.connect(f"file:{data_dir / 'ledger.sqlite'}?mode=ro", uri=True, timeout=5)
+        try:
+            pages, free, size = (conn.execute(f"PRAGMA {p}").fetchone()[0]
+                                 for p in ("page_count", "freelist_count", "page_size"))
+            blocks = conn.execute("SELECT COALESCE(SUM(length(data)), 0) FROM blocks").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return {"db": math.nan, "blocks": math.nan}
+    return {"db": float((pages - free) * size), "blocks": float(blocks)}
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -285,7 +301,12 @@ def run_rate(net: Net, rate: float, count: int, seed: int, args) -> dict:
                 lat.append((t - ts) * 1000)
     ticks = max(d["scored"], 1)
     cpu = {n: (res1["cpu"][n] - res0["cpu"][n]) / ticks * 1e6 for n in res1["cpu"]}
-    ledger = sum(res1["ledger"].values()) - sum(res0["ledger"].values())
+    # Every node holds every chain, so one node's growth is the ledger's cost per tick; the sum
+    # over all replicas is what the network's disks pay together.
+    growth = {n: {k: res1["ledger"][n][k] - res0["ledger"][n][k] for k in ("db", "blocks")} for n in res1["ledger"]}
+    ledger_db = max(g["db"] for g in growth.values())
+    ledger_blocks = max(g["blocks"] for g in growth.values())
+    ledger_all = sum(g["db"] for g in growth.values())
     zero_loss = published > 0 and d["ingested"] == d["scored"] == d["stored"] == d["risk_applied"] == published
     throughput = d["scored"] / elapsed if elapsed > 0 else 0.0
     p99 = pct(lat, 0.99)
@@ -301,7 +322,9 @@ def run_rate(net: Net, rate: float, count: int, seed: int, args) -> dict:
         "latency_ms_p99": round(p99, 1) if p99 is not None else None, "latency_samples": len(lat),
         "cpu_us_per_tick": {n: round(v, 1) for n, v in cpu.items()},
         "network_cpu_us_per_tick": round(sum(cpu.values()), 1), "cpu_window_s": round(cpu_window, 2),
-        "ledger_bytes_per_tick": round(ledger / ticks, 1),
+        "ledger_bytes_per_tick": round(ledger_db / ticks, 1),
+        "ledger_block_bytes_per_tick": round(ledger_blocks / ticks, 1),
+        "ledger_bytes_per_tick_all_replicas": round(ledger_all / ticks, 1),
         "rss_peak_mb": {n["name"]: round(rss_peak_mb(n["pid"]), 1) for n in net.nodes},
         "zero_loss": zero_loss,
     }
@@ -435,6 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         "p99_latency_ms_at_1000": at_1000["latency_ms_p99"] if at_1000 else None,
         "ledger_bytes_per_tick": (round(statistics.median(r["ledger_bytes_per_tick"] for r in cpu_rows), 1)
                                   if cpu_rows else None),
+        "ledger_bytes_per_tick_all_replicas": (
+            round(statistics.median(r["ledger_bytes_per_tick_all_replicas"] for r in cpu_rows), 1)
+            if cpu_rows else None),
         "max_rss_mb": round(max(rss), 1) if rss else None,
         "broker": net.state.get("broker", {}).get("kind"),
         "testnet_up_s": round(up_s, 1) if up_s is not None else None,
