@@ -65,6 +65,15 @@ def check_plain(value: Any, what: str, depth: int = 0) -> None:
     raise DecodeError(f"{what} holds an unsupported value of type {type(value).__name__}")
 
 
+_domain_hashers: dict[str, Any] = {}  # domain -> sha256 state over its tag (a handful of domains)
+
+
 def digest(domain: str, data: bytes) -> bytes:
-    """SHA-256 over domain-tagged bytes: a hash for one purpose never collides with another."""
-    return hashlib.sha256(tagged(domain, data)).digest()
+    """SHA-256 over domain-tagged bytes: a hash for one purpose never collides with another.
+    The tag's hash state is computed once per domain and copied (Merkle trees hash ~3 times per tick)."""
+    state = _domain_hashers.get(domain)
+    if state is None:
+        state = _domain_hashers[domain] = hashlib.sha256(tagged(domain, b""))
+    h = state.copy()
+    h.update(data)
+    return h.digest()
