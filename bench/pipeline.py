@@ -90,6 +90,16 @@ def rss_peak_mb(pid: int) -> float:
     return float("nan")
 
 
+def rss_now_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return float("nan")
+
+
 def ledger_bytes(data_dir: Path) -> dict[str, float]:
     """What one node's ledger holds: `db`, the SQLite database's used pages as this read-only
     connection sees them (WAL content included: the WAL file itself is a bounded, reused log, so its
@@ -350,6 +360,44 @@ def idle_rate(net: Net, seconds: float) -> float:
     return (sum(net.resources()["cpu"].values()) - a) / (time.monotonic() - t)
 
 
+def run_memory(net: Net, rate: float, count: int, seed: int, args) -> dict:
+    """A long run at one rate while VmRSS of every node is sampled: state must stay bounded."""
+    pids = {n["name"]: n["pid"] for n in net.nodes}
+    start = {name: rss_now_mb(pid) for name, pid in pids.items()}
+    peak = dict(start)
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(2.0):
+            for name, pid in pids.items():
+                peak[name] = max(peak[name], rss_now_mb(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        row = run_rate(net, rate, count, seed, args)
+    finally:
+        stop.set()
+        sampler.join(timeout=5)
+    end = {name: rss_now_mb(pid) for name, pid in pids.items()}
+    peak = {name: max(peak[name], end[name]) for name in pids}
+    return {"rate": rate, "ticks": count, "scored": row["scored"], "zero_loss": row["zero_loss"],
+            "throughput_ticks_per_s": row["throughput_ticks_per_s"],
+            "network_cpu_us_per_tick": row["network_cpu_us_per_tick"],
+            "rss_start_mb": {n: round(v, 1) for n, v in start.items()},
+            "rss_end_mb": {n: round(v, 1) for n, v in end.items()},
+            "rss_max_mb": {n: round(v, 1) for n, v in peak.items()},
+            "rss_growth_mb": {n: round(end[n] - start[n], 1) for n in pids}}
+
+
+def print_memory(memory: dict, out=sys.stdout) -> None:
+    print(f"\nMemory over {memory['ticks']:,} ticks at {memory['rate']:g}/s (scored {memory['scored']:,}, "
+          f"zero loss: {memory['zero_loss']}): VmRSS MB start / end / max", file=out)
+    for name in memory["rss_start_mb"]:
+        print(f"  {name:<12} {memory['rss_start_mb'][name]:>7.1f} {memory['rss_end_mb'][name]:>7.1f} "
+              f"{memory['rss_max_mb'][name]:>7.1f}", file=out)
+
+
 def short(name: str) -> str:
     return {"bootstrap-1": "bs1", "bootstrap-2": "bs2", "ingestion-1": "ing", "anomaly-1": "ano"}.get(name, name[:4])
 
@@ -391,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pause", type=float, default=2.0, help="seconds between rates (default %(default)s)")
     p.add_argument("--up-timeout", type=float, default=240.0)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--memory-ticks", type=int, default=0,
+                   help="after the rates, this many more ticks at --memory-rate while every node's RSS is "
+                        "sampled (the issue's check: 1000000); 0: skip (default)")
+    p.add_argument("--memory-rate", type=float, default=3000.0, help="ticks/s of the memory run (default %(default)s)")
     args = p.parse_args(argv)
     rates = [1000.0] if args.quick else [float(r) for r in args.rates.split(",") if r.strip()]
     count = 2000 if args.quick and args.count == 10_000 else args.count
@@ -399,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup, args.settle = min(args.warmup, 500), min(args.settle, 3.0)
     if not rates or count < 1 or any(r <= 0 for r in rates):
         p.error("--rates must be positive numbers and --count >= 1")
+    if args.memory_ticks < 0 or args.memory_rate <= 0:
+        p.error("--memory-ticks must be >= 0 and --memory-rate > 0")
 
     own_dir = args.dir is None
     directory = Path(tempfile.mkdtemp(prefix="quantian-bench-")) if own_dir else args.dir.resolve()
@@ -408,6 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     up_s = None
     idle_cores = None
+    memory: dict | None = None
     try:
         log(f"starting testnet in {directory} (broker {args.broker})")
         up_s = net.up(args.up_timeout)
@@ -436,6 +491,10 @@ def main(argv: list[str] | None = None) -> int:
                 break
             if i + 1 < len(rates):
                 settle(net, args.pause)
+        if args.memory_ticks:
+            settle(net, args.pause)
+            log(f"memory run: {args.memory_ticks} ticks at {args.memory_rate:g}/s, sampling VmRSS every 2 s")
+            memory = run_memory(net, args.memory_rate, args.memory_ticks, args.seed + 99, args)
     except KeyboardInterrupt:
         log("interrupted: tearing the testnet down")
     finally:
@@ -444,6 +503,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(directory, ignore_errors=True)
 
     print_table(rows)
+    if memory:
+        print_memory(memory)
     sustained = [r["rate"] for r in rows if r["sustained"]]
     at_1000 = next((r for r in rows if r["rate"] == 1000), None)
     rss = [v for r in rows for v in r["rss_peak_mb"].values() if not math.isnan(v)]
@@ -469,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "targets": TARGETS,
+        "rss_after_mb": max(memory["rss_end_mb"].values()) if memory else None,
+        "rss_growth_mb": max(memory["rss_growth_mb"].values()) if memory else None,
+        "memory": memory,
         "rows": rows,
     }
     print(json.dumps(result), flush=True)
