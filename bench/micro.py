@@ -4,7 +4,10 @@
 
 - normalise: node.market_events.parse + Normaliser.derive of one simulated MQTT tick;
 - route: node.routing.rank of one key over 6 peer ids (a testnet's worth);
-- score: MarketDetector.score_batch on 1,000-row batches (ops/s = batches/s; rows/s also shown);
+- score: MarketDetector.score_batch on 1,000-row batches (ops/s = batches/s; rows/s also shown),
+  and on 50-row batches (what one symbol gets per batch at ~2,000 ticks/s: the per-call cost);
+- frame: encode + decode one 1,000-event `score` batch frame (node.protocols.codec, per event);
+- evidence: ticks.batch_root (Merkle root) over 1,000 event ids, per id (the ledger rollups);
 - risk: node.analytics.risk.snapshot of one 250-price path.
 
 Each figure is ops per CPU-second (time.process_time), the median of --repeat rounds; the
@@ -30,6 +33,8 @@ import numpy as np  # noqa: E402
 from node.analytics.detector import MarketDetector  # noqa: E402
 from node.analytics.risk import snapshot  # noqa: E402
 from node.market_events import Normaliser, parse  # noqa: E402
+from node.protocols.codec import decode_body, encode_frame  # noqa: E402
+from node.protocols.ticks import batch_root  # noqa: E402
 from node.routing import rank  # noqa: E402
 from sim.market import MarketSim  # noqa: E402
 
@@ -37,7 +42,7 @@ from sim.market import MarketSim  # noqa: E402
 WALL: dict[str, float] = {}
 
 
-def rounds(fn, ops: int, repeat: int) -> float:
+def rounds(fn, ops: int, repeat: int, name: str | None = None) -> float:
     """Median ops per CPU-second of `repeat` calls of fn() (each doing `ops` operations).
 
     CPU time (time.process_time), not wall time: on a shared machine the wall figure mostly
@@ -48,7 +53,7 @@ def rounds(fn, ops: int, repeat: int) -> float:
         fn()
         cpu.append(ops / max(time.process_time() - c0, 1e-9))
         wall.append(ops / (time.perf_counter() - w0))
-    WALL[fn.__qualname__.split(".")[0]] = statistics.median(wall)
+    WALL[name or fn.__qualname__.split(".")[0]] = statistics.median(wall)
     return statistics.median(cpu)
 
 
@@ -73,6 +78,31 @@ def bench_route(n: int, repeat: int) -> float:
     return rounds(run, n, repeat)
 
 
+def bench_score_small(batches: int, repeat: int) -> float:
+    return bench_score(batches, repeat, rows=50)
+
+
+def bench_frame(n: int, repeat: int, events: int = 1000) -> float:
+    sim = MarketSim(seed=3, start_time_us=int(time.time() * 1e6))
+    norm, received = Normaliser(), time.time()
+    wires = [norm.derive(parse(t.topic, t.payload(), received_at=received)).to_wire() for t in sim.ticks(events)]
+    frame = {"batch_id": 1, "kind": "score", "items": wires, "ids": [w[1] for w in wires]}
+
+    def run() -> None:
+        for _ in range(max(1, n // events)):
+            decode_body(encode_frame(frame)[4:])
+    return rounds(run, max(1, n // events) * events, repeat)
+
+
+def bench_evidence(n: int, repeat: int) -> float:
+    ids = [f"{i:032x}" for i in range(1000)]
+
+    def run() -> None:
+        for _ in range(max(1, n // 1000)):
+            batch_root(ids)
+    return rounds(run, max(1, n // 1000) * 1000, repeat)
+
+
 def bench_score(batches: int, repeat: int, rows: int = 1000) -> float:
     rng = np.random.default_rng(1)
     data = []
@@ -85,7 +115,7 @@ def bench_score(batches: int, repeat: int, rows: int = 1000) -> float:
         for p, v in data:
             det.score_batch(p, v)
     MarketDetector().score_batch(*data[0])  # imports / first-call set-up outside the timing
-    return rounds(run, batches, repeat)
+    return rounds(run, batches, repeat, name=f"bench_score_{rows}")
 
 
 def bench_risk(n: int, repeat: int, length: int = 250) -> float:
@@ -108,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         "normalise_ops_per_s": bench_normalise(args.n, args.repeat),
         "route_ops_per_s": bench_route(args.n, args.repeat),
         "score_batch_1000_ops_per_s": bench_score(10, args.repeat),
+        "score_batch_50_ops_per_s": bench_score_small(100, args.repeat),
+        "frame_events_per_s": bench_frame(args.n * 4, args.repeat),
+        "evidence_ids_per_s": bench_evidence(args.n * 4, args.repeat),
         "risk_snapshot_ops_per_s": bench_risk(max(1, args.n // 20), args.repeat),
     }
     res["score_rows_per_s"] = res["score_batch_1000_ops_per_s"] * 1000
@@ -115,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, label in (("normalise_ops_per_s", "normalise (parse + Normaliser.derive)"),
                         ("route_ops_per_s", "route (routing.rank, 6 peers)"),
                         ("score_batch_1000_ops_per_s", "score_batch (1,000 rows)"),
+                        ("score_batch_50_ops_per_s", "score_batch (50 rows)"),
+                        ("frame_events_per_s", "frame encode+decode (per event)"),
+                        ("evidence_ids_per_s", "batch_root Merkle (per event id)"),
                         ("risk_snapshot_ops_per_s", "risk.snapshot (250 prices)")):
         print(f"{label:<36} {res[name]:>26,.1f}  {1e6 / res[name]:>9.1f}")
     print(f"{'  = scored rows per CPU-s':<36} {res['score_rows_per_s']:>26,.0f}")
