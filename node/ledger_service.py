@@ -64,8 +64,13 @@ class LedgerService:
 
     def record_soon(self, record_type: str, payload: dict[str, Any], actor: str) -> None:
         """Append in the background; a failure is logged and counted (audit of non-critical events)."""
-        if self._nursery is not None:
+        if self._nursery is None:
+            return
+        try:
             self._nursery.start_soon(self._record_logged, record_type, payload, actor)
+        except RuntimeError:  # the node is stopping and the ledger's nursery has closed
+            self._metrics.inc("ledger.record_dropped_stopping")
+            log.info("not recorded (ledger stopped): %s", record_type)
 
     async def _record_logged(self, record_type: str, payload: dict[str, Any], actor: str) -> None:
         try:

@@ -63,3 +63,17 @@ async def test_run_flushes_every_interval_and_once_more_when_stopped(autojump_cl
         rollup.add({"to": "p"}, ["b", "c"])
         nursery.cancel_scope.cancel()
     assert [p["ticks"] for _, p, _ in rec.records] == [1, 2]
+
+
+async def test_record_soon_after_the_ledger_stopped_is_counted_not_raised(tmp_path):
+    """A rollup's last flush can land after the ledger service's nursery closed (node stopping)."""
+    from node.ledger_service import LedgerService
+    from node.metrics import Metrics
+
+    metrics = Metrics()
+    service = LedgerService.__new__(LedgerService)  # only record_soon's bookkeeping is under test
+    service._metrics = metrics
+    async with trio.open_nursery() as nursery:
+        service._nursery = nursery
+    service.record_soon("batch_routed", {"to": "p", "ticks": 1, "merkle_root": b"x" * 32}, "me")
+    assert metrics.get("ledger.record_dropped_stopping") == 1
