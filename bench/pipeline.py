@@ -382,6 +382,8 @@ def run_memory(net: Net, rate: float, count: int, seed: int, args) -> dict:
     end = {name: rss_now_mb(pid) for name, pid in pids.items()}
     peak = {name: max(peak[name], end[name]) for name in pids}
     return {"rate": rate, "ticks": count, "scored": row["scored"], "zero_loss": row["zero_loss"],
+            "counts": {k: row[k] for k in ("published", "accepted", "ingested", "stored", "risk_applied",
+                                           "duplicates", "pending_after")},
             "throughput_ticks_per_s": row["throughput_ticks_per_s"],
             "network_cpu_us_per_tick": row["network_cpu_us_per_tick"],
             "rss_start_mb": {n: round(v, 1) for n, v in start.items()},
