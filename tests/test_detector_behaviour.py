@@ -97,3 +97,16 @@ def test_invalid_config() -> None:
         DetectorConfig(use_statistics=False, use_forest=False)
     with pytest.raises(DetectorError):
         DetectorConfig(threshold=0.0)
+
+
+@pytest.mark.parametrize("max_features", [1.0, 0.5])
+def test_direct_forest_scores_equal_scikit_learns(max_features) -> None:
+    from sklearn.ensemble import IsolationForest
+
+    from node.analytics.forest import score_samples
+
+    rng = np.random.default_rng(3)
+    model = IsolationForest(n_estimators=16, max_samples=128, max_features=max_features,
+                            random_state=4).fit(rng.normal(size=(500, 6)))
+    for rows in (rng.normal(size=(1, 6)), rng.normal(size=(50, 6)), rng.normal(scale=5, size=(300, 6))):
+        np.testing.assert_allclose(score_samples(model, rows), model.score_samples(rows), rtol=0, atol=1e-12)
