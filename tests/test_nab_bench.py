@@ -46,6 +46,12 @@ def test_cli_prints_table_and_json(small_corpus: Path, tmp_path: Path, capsys: p
                 "low_fn_at_threshold", "threshold", "rows_per_s"):
         assert key in summary
     assert summary["standard_optimised"] >= summary["standard_at_threshold"]
+    # ablation: the combined row is the deployed detector; each part is its own run
+    assert summary["ablation_combined_at_threshold"] == summary["standard_at_threshold"]
+    assert summary["ablation_combined_optimised"] == summary["standard_optimised"]
+    for part in ("statistics", "forest"):
+        assert summary[f"ablation_{part}_optimised"] >= summary[f"ablation_{part}_at_threshold"]
+    assert "ablation" in out and "statistics" in out and "forest" in out
     assert all(f in err for f in FILES)  # progress per file on stderr
     # detections on disk score the same with the reference scorer
     ref = reference().CorpusScorer(str(small_corpus / "data"),
@@ -53,6 +59,14 @@ def test_cli_prints_table_and_json(small_corpus: Path, tmp_path: Path, capsys: p
     det = reference().load_detections(str(tmp_path / "det"), ref.files)
     got = ref.score_at(det, summary["threshold"], "standard")["normalised"]
     assert got == pytest.approx(summary["standard_at_threshold"], abs=1e-3)
+
+
+def test_ablation_parts_score_differently(small_corpus: Path) -> None:
+    corpus = nab_score.Corpus(small_corpus)
+    abl = nab.ablation(corpus, nab.DetectorConfig())
+    assert set(abl) == {"statistics", "forest", "combined"}
+    # the parts are really different detectors, not the same run three times
+    assert abl["statistics"][1].raw != abl["forest"][1].raw
 
 
 def test_batch_size_does_not_change_scores(small_corpus: Path) -> None:
