@@ -17,6 +17,7 @@ from node.membership import NODE_ROLES
 
 ENV_PREFIX = "QUANTIAN_"
 LIST_SEPARATOR = ","
+MAX_HEARTBEAT_S = 300.0  # also bounds the interval a peer may claim in its adverts (node/protocols/adverts.py)
 
 
 @dataclass(frozen=True)
@@ -116,8 +117,8 @@ def validate(config: NodeConfig) -> NodeConfig:
     unknown = sorted(set(config.roles) - set(NODE_ROLES))
     if unknown:
         raise ConfigError(f"unknown role(s) {', '.join(unknown)}; choose from {', '.join(NODE_ROLES)}")
-    if config.heartbeat_s <= 0 or config.heartbeat_s > 300:
-        raise ConfigError(f"heartbeat_s must be in (0, 300], got {config.heartbeat_s}")
+    if config.heartbeat_s <= 0 or config.heartbeat_s > MAX_HEARTBEAT_S:
+        raise ConfigError(f"heartbeat_s must be in (0, {MAX_HEARTBEAT_S:.0f}], got {config.heartbeat_s}")
     if config.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be text or json, got {config.log_format!r}")
     for addr in config.bootstrap:

@@ -187,10 +187,11 @@ def test_admission_bans_peers_without_certificate(authority):
 # --- adverts -----------------------------------------------------------------------------------
 
 
-def _advert(identity: Identity, cert: Certificate, roles=("risk",), seq=1, ts=None) -> adverts.Advert:
+def _advert(identity: Identity, cert: Certificate, roles=("risk",), seq=1, ts=None,
+            heartbeat_s=1.0) -> adverts.Advert:
     return adverts.Advert(peer_id=identity.peer_id, name="n", roles=tuple(roles), capabilities=("compute_risk",),
                           addrs=("/ip4/127.0.0.1/tcp/1",), version="0.1.0", seq=seq, ts=ts or time.time(),
-                          heartbeat_s=1.0, load={}, cert=cert.encode())
+                          heartbeat_s=heartbeat_s, load={}, cert=cert.encode())
 
 
 @pytest.fixture
@@ -233,6 +234,9 @@ def test_forged_and_malformed_adverts_are_named(advert_setup, authority):
     assert _reason(validator, fwd, author.peer_id, old) == "stale"
     expired = issue_certificate(authority, author.peer_id, ["risk"], 1, now=time.time() - 10)
     assert _reason(validator, fwd, author.peer_id, adverts.encode(_advert(author, expired), author)) == "certificate_expired"
+    for heartbeat_s in (0.0, -1.0, float("nan"), float("inf"), 1e6):  # would hide its silence forever
+        sleepy = adverts.encode(_advert(author, cert, heartbeat_s=heartbeat_s), author)
+        assert _reason(validator, fwd, author.peer_id, sleepy) == "bad_heartbeat"
 
 
 def test_replayed_sequence_is_dropped(advert_setup):

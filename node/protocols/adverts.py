@@ -10,6 +10,7 @@ and counted per reason.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -17,6 +18,7 @@ from typing import Callable
 import cbor2
 
 from node.admission import Admission
+from node.config import MAX_HEARTBEAT_S
 from node.identity import Identity, public_key_from_peer_id, tagged, verify_signature, IdentityError
 from node.membership import Certificate, CertificateError, verify_certificate
 from node.metrics import Metrics
@@ -83,6 +85,8 @@ def decode(data: bytes) -> tuple[Advert, bytes, bytes]:
         )
         if not isinstance(body, bytes) or not isinstance(sig, bytes):
             raise TypeError("body and sig must be bytes")
+        if not (math.isfinite(advert.heartbeat_s) and 0 < advert.heartbeat_s <= MAX_HEARTBEAT_S):
+            raise AdvertRejected("bad_heartbeat", f"heartbeat_s={advert.heartbeat_s} not in (0, {MAX_HEARTBEAT_S:.0f}]")
     except AdvertRejected:
         raise
     except Exception as exc:  # hostile bytes: cbor2 and the conversions raise many types
