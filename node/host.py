@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -51,6 +52,15 @@ log = logging.getLogger("quantian.host")
 PUBSUB_QUEUE_SIZE = 4096
 DIAL_TIMEOUT_S = 10.0
 STREAM_OPEN_TIMEOUT_S = 10.0
+# Dead-path detection on every connection. Behind a partition a sender's unacknowledged data is
+# retransmitted with exponential backoff, so without a bound the connection stays "up" and comes
+# back only at the next retransmission, up to a minute after the heal (measured: streams opened
+# just after a heal hung 10 s). The kernel drops a connection whose data stays unacknowledged for
+# TCP_USER_TIMEOUT_S; discovery then redials, and a fresh dial gets through as soon as the path
+# does. Keepalive probes give idle connections unacknowledged data to time out on.
+TCP_USER_TIMEOUT_S = 8.0
+TCP_KEEPALIVE = (3, 1, 5)  # idle seconds before probing, seconds between probes, probes
+_SOCKET_PATH = ("muxed_conn", "secured_conn", "conn", "stream", "socket")
 
 # py-libp2p's yamux sends a WINDOW_UPDATE on almost every read (9,250 for 600 RPCs, LIBP2P-NOTES §3);
 # off, credit is released go-yamux style once half the window is consumed. Read at call time.
@@ -124,6 +134,37 @@ def _to_libp2p_keypair(identity: Identity) -> KeyPair:
     return KeyPair(private, private.get_public_key())
 
 
+def _tcp_socket(conn) -> socket.socket | None:
+    """The TCP socket under a swarm connection (py-libp2p 0.8.1: SwarmConn -> Yamux -> SecureSession
+    -> Noise reader -> RawConnection -> TrioTCPStream -> trio.SocketStream -> socket)."""
+    obj = conn
+    for _ in range(12):
+        if isinstance(obj, trio.socket.SocketType):
+            return obj
+        obj = next((child for name in _SOCKET_PATH if (child := getattr(obj, name, None)) is not None), None)
+        if obj is None:
+            return None
+    return None
+
+
+def bound_dead_paths(conn) -> bool:
+    """Set TCP_USER_TIMEOUT and keepalive on the connection's socket (Linux; elsewhere a no-op)."""
+    sock = _tcp_socket(conn)
+    if sock is None or not hasattr(socket, "TCP_USER_TIMEOUT"):
+        return False
+    idle, interval, probes = TCP_KEEPALIVE
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(TCP_USER_TIMEOUT_S * 1000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
+    except OSError as exc:  # a closed socket, or options this kernel lacks
+        log.debug("cannot bound dead paths on a connection: %s", exc)
+        return False
+    return True
+
+
 class _ConnectionNotifee(INotifee):
     def __init__(self, listener: ConnectionListener) -> None:
         self._listener = listener
@@ -135,6 +176,8 @@ class _ConnectionNotifee(INotifee):
         return None
 
     async def connected(self, network, conn) -> None:
+        if not bound_dead_paths(conn):
+            log.debug("no TCP dead-path bound on the connection to %s", conn.muxed_conn.peer_id)
         self._listener(conn.muxed_conn.peer_id.to_base58(), True)
 
     async def disconnected(self, network, conn) -> None:

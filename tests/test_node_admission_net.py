@@ -7,12 +7,15 @@ those adverts dropped with a counted reason and is never listed as capable; the 
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
 import pytest
 import trio
+from libp2p.peer.id import ID
 
+from node import host as host_module
 from node.config import load_config
 from node.errors import NodeError, NotAuthorised, RemoteError
 from node.host import Host
@@ -172,3 +175,20 @@ async def test_operator_control_round_trip(network_dir):
         assert status["peer_id"] == node.peer_id and status["roles"] == ["risk"]
         assert caps == {"capabilities": {"compute_risk": []}}  # only peers are listed, not the node itself
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="TCP_USER_TIMEOUT is Linux-only")
+async def test_every_connection_bounds_unacknowledged_data(network_dir):
+    """Both ends of a libp2p connection carry TCP_USER_TIMEOUT and keepalive, so a partitioned
+    path is dropped (and redialled) instead of waiting for the kernel's next retransmission."""
+    a, b = Host(Identity.generate()), Host(Identity.generate())
+    async with a.running(["/ip4/127.0.0.1/tcp/0"]), b.running(["/ip4/127.0.0.1/tcp/0"]):
+        peer = await b.connect(a.listen_addrs()[0])
+        await wait_until(lambda: a.is_connected(b.peer_id), "the listener side to see the connection")
+        for host, other in ((b, peer), (a, b.peer_id)):
+            conns = host._host.get_network().connections[ID.from_base58(other)]
+            for conn in conns if isinstance(conns, list) else [conns]:
+                sock = host_module._tcp_socket(conn)
+                assert sock is not None, "no TCP socket under the connection (py-libp2p changed its layers?)"
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == int(host_module.TCP_USER_TIMEOUT_S * 1000)
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
