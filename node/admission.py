@@ -30,6 +30,7 @@ class Admission:
         self._pending: dict[str, float] = {}
         self._admitted: dict[str, Certificate] = {}
         self._banned_until: dict[str, float] = {}
+        self._admit_listeners: list[Callable[[str], None]] = []
 
     # --- connection events -----------------------------------------------------------------
 
@@ -66,7 +67,13 @@ class Admission:
             raise
         self._admitted[peer_id] = cert
         self._pending.pop(peer_id, None)
+        for listener in self._admit_listeners:
+            listener(peer_id)
         return cert
+
+    def add_admit_listener(self, listener: Callable[[str], None]) -> None:
+        """`listener(peer_id)` after every successful admission (each hello, so each reconnection)."""
+        self._admit_listeners.append(listener)
 
     def refuse(self, peer_id: str, reason: str, *, ban_s: float | None = None) -> None:
         ban_s = self._ban_s if ban_s is None else ban_s

@@ -1,9 +1,15 @@
 """Finding and keeping peers: handshake every new connection, dial bootstraps and learned peers.
 
 py-libp2p never reconnects by itself and forgets bootstrap peers after 3 failures, so this
-service keeps its own dial loop with per-peer exponential backoff (0.5 s -> 30 s). Peers are
-learned from hello peer exchange and from capability adverts. Connections that do not present
-a valid certificate within the handshake timeout are dropped and refused for a while.
+service keeps its own dial loop with per-peer exponential backoff (0.5 s -> 5 s: a healed
+partition reconnects within seconds; a failed dial costs one SYN). Peers are learned from hello
+peer exchange and from capability adverts. Connections that do not present a valid certificate
+within the handshake timeout are dropped and refused for a while.
+
+A member that stops advertising for SILENT_BEATS heartbeats (at least SILENT_MIN_S) has its
+connection closed and redialled. A partitioned path is already dropped by the kernel (host.py,
+TCP_USER_TIMEOUT_S); this catches what TCP cannot see: a hung peer whose kernel still
+acknowledges every byte, or a connection whose gossip stopped flowing.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ log = logging.getLogger("quantian.discovery")
 EVENT_QUEUE_SIZE = 1024
 DIAL_CONCURRENCY = 8
 BACKOFF_MIN_S = 0.5
-BACKOFF_MAX_S = 30.0
+BACKOFF_MAX_S = 5.0
 DIAL_TICK_S = 0.5
-MAX_LEARNED_FAILURES = 8
+MAX_LEARNED_FAILURES = 24  # about two minutes of failed dials before a learned peer is forgotten
+SILENT_BEATS = 4.0
+SILENT_MIN_S = 10.0
 HANDSHAKE_ATTEMPTS = 3
 
 
@@ -65,6 +73,7 @@ class Discovery:
                 self._targets[pid] = _Target(addrs, pinned=True)
         self._events_send, self._events_recv = trio.open_memory_channel[tuple[str, bool]](EVENT_QUEUE_SIZE)
         self._dial_limit = trio.Semaphore(DIAL_CONCURRENCY)
+        self._dropped_silent: dict[str, float] = {}  # peer -> the last_seen it was dropped at
         self._nursery: trio.Nursery | None = None
         host.add_connection_listener(self._on_connection_event)
         host.set_stream_handler(hello.PROTOCOL_ID, hello.Handler(admission, own_cert, self.known_peers))
@@ -156,7 +165,24 @@ class Discovery:
         while True:
             for peer_id in self._admission.overdue():
                 await self._host.disconnect(peer_id)
+            for peer_id in self.silent_peers():
+                self._metrics.inc("discovery.disconnected_silent")
+                log.info("closing the connection to %s: no advert for %.0f s (redialled)", peer_id,
+                         self._peers.silence_s(self._peers.get(peer_id)))
+                await self._host.disconnect(peer_id)
             await trio.sleep(0.5)
+
+    def silent_peers(self) -> list[str]:
+        """Connected members whose adverts stopped (partitioned or hung), each once per silence."""
+        silent = []
+        for peer_id in self._host.connected_peers():
+            entry = self._peers.get(peer_id)
+            if entry is None or self._dropped_silent.get(peer_id) == entry.last_seen:
+                continue
+            if self._peers.silence_s(entry) > max(SILENT_MIN_S, SILENT_BEATS * entry.heartbeat_s):
+                self._dropped_silent[peer_id] = entry.last_seen
+                silent.append(peer_id)
+        return silent
 
     async def _dial_loop(self) -> None:
         assert self._nursery is not None

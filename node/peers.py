@@ -71,6 +71,10 @@ class PeerTable:
             return STALE
         return GONE
 
+    def silence_s(self, entry: PeerEntry) -> float:
+        """Seconds since the peer's last advert."""
+        return self._clock() - entry.last_seen
+
     def get(self, peer_id: str) -> PeerEntry | None:
         return self._entries.get(peer_id)
 

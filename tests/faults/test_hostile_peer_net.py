@@ -51,10 +51,12 @@ async def test_slow_loris_oversized_frames_huge_ranges_and_floods(network_dir):
         assert 1 <= len(blocks) <= ledger_sync.MAX_BLOCKS_PER_REQUEST
 
         # 4. a flood of (validly signed, replayed) adverts: dropped as replays, node still fine
+        #    (a 60 s heartbeat: the node would close a connection silent for 4 beats, and here the
+        #    stalled streams must end by their own read timeouts)
         await rogue.subscribe(adverts.TOPIC)
         body = adverts.Advert(peer_id=rogue_id.peer_id, name="rogue", roles=("risk",), capabilities=("compute_risk",),
                               addrs=tuple(rogue.listen_addrs()), version="0", seq=int(time.time() * 1000),
-                              ts=time.time(), heartbeat_s=1.0, load={}, cert=cert.encode())
+                              ts=time.time(), heartbeat_s=60.0, load={}, cert=cert.encode())
         data = adverts.encode(body, rogue_id)
         for _ in range(200):  # bounded flood
             await rogue.publish(adverts.TOPIC, data)
