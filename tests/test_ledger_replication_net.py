@@ -2,7 +2,8 @@
 
 Every node appends to its own chain; heads gossip + range pulls make every node hold identical
 heads for every author, and each replica verifies. A forged block pushed over the sync protocol
-is rejected, recorded and its sender banned.
+is rejected, recorded and its sender banned; a member that signs two blocks at one height is
+flagged with a fork proof that every honest node stores and records.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import trio
 
 from chain.block import Block
 from chain.testing import build_chain
+from chain.verify import verify_fork_proof
 from node.identity import Identity
 from node.membership import issue_certificate
 from node.node import Node
@@ -90,4 +92,71 @@ async def test_forged_blocks_are_rejected_and_sender_banned(network_dir):
         assert victim.peer_id not in await heads_of(boot)
         found = await boot.ledger.ledger.query(lambda s: s.find(record_type="ledger_verification_failed", limit=5))
         assert found, "the rejection is on the bootstrap's own chain"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_forking_member_is_flagged_with_evidence_on_every_honest_node(network_dir):
+    """A member signs two different blocks at one height (equivocation): the node it talks to keeps
+    the chain it verified, stores a fork proof and records `fork_detected` on its own chain; so does
+    the other honest node (from the gossiped proof or the relayed announcements)."""
+    base, authority = network_dir
+    boot = Node(node_config(base, authority, "boot", ["bootstrap"]))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(boot.run)
+        addr = boot.announce_addrs()[0]
+        other = Node(node_config(base, authority, "other", ["anomaly"], bootstrap=[addr]))
+        await nursery.start(other.run)
+
+        forker_id = Identity.generate()
+        forker_cert = issue_certificate(authority, forker_id.peer_id, ["risk"], 3600)
+        forker = await start_rogue(nursery, forker_id, authority.public_key, forker_cert, pubsub=True)
+        chain = build_chain(forker_id, 3)
+        twin = build_chain(forker_id, 1, records_per_block=1, prev=chain[1].header)[0]  # a second height 2
+        assert twin.header.hash != chain[2].header.hash
+
+        async def serve(stream):  # honest-looking range answers from the first chain
+            frame = await ledger_sync.FrameReader(stream, 4096).read_frame(10)
+            blocks = [b.encode() for b in chain[frame.get("start", 0):]] if "author" in frame else []
+            await ledger_sync.write_frames(stream, [{"ok": True, "blocks": blocks}])
+
+        forker.set_stream_handler(ledger_sync.PROTOCOL_ID, serve)
+        peer = await forker.connect(addr)
+        await hello.exchange(forker, peer, forker_cert, forker.rogue_admission)
+        await forker.subscribe(ledger_sync.HEADS_TOPIC)
+
+        async def announce_until(head, predicate, what: str) -> None:
+            with trio.move_on_after(120):
+                while not await predicate():
+                    await forker.publish(ledger_sync.HEADS_TOPIC, ledger_sync.HeadsAnnouncement(
+                        head.signed_header.encode(), ((forker_id.peer_id, 2, head.header.hash),), ()).encode())
+                    await trio.sleep(0.3)
+                return
+            pytest.fail(f"timed out waiting for {what}")
+
+        async def holds_first_chain() -> bool:
+            return (await heads_of(boot)).get(forker_id.peer_id) == (2, chain[2].header.hash)
+
+        async def flagged() -> bool:
+            return boot.ledger.ledger.status()["forks"] == [forker_id.peer_id]
+
+        await announce_until(chain[2], holds_first_chain, "boot to replicate the forker's first chain")
+        await announce_until(twin, flagged, "boot to detect the twin block")
+
+        assert await holds_first_chain(), "the verified chain must not be replaced by the twin"
+        proofs = await boot.ledger.ledger.fork_proofs()
+        forks = [verify_fork_proof(p) for p in proofs]
+        assert {(f.author, f.height) for f in forks} == {(forker_id.peer_id, 2)}
+        await wait_until(lambda: other.ledger.ledger.status()["forks"] == [forker_id.peer_id],
+                         "the other honest node to flag the forker")
+
+        async def fork_recorded(node: Node) -> list:
+            return await node.ledger.ledger.query(
+                lambda s: s.find(record_type="fork_detected", author=node.peer_id, limit=5))
+
+        with trio.move_on_after(60):
+            while not (await fork_recorded(boot) and await fork_recorded(other)):
+                await trio.sleep(0.2)
+        for node in (boot, other):
+            rows = await fork_recorded(node)
+            assert [row.actor for row in rows] == [node.peer_id], rows  # once, however often it was seen
         nursery.cancel_scope.cancel()

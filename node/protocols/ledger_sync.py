@@ -2,7 +2,9 @@
 
 Gossip is best-effort (LIBP2P-NOTES §3), so heads are only hints, re-announced every interval;
 the blocks themselves travel over request/response streams with range and size caps and
-timeouts, and are verified by the ledger before anything is stored. A sender of invalid blocks
+timeouts, and are verified by the ledger before anything is stored. When a member (re)connects
+(say, a partition heals) both sides also ask each other for heads directly, so catching up does
+not wait for the gossip mesh to re-form. A sender of invalid blocks
 is banned for a while and the failure recorded; a fork is not the sender's fault (it may just
 relay a forked chain), so it is recorded and gossiped, never punished on the relay.
 """
@@ -16,6 +18,7 @@ from typing import Any
 import cbor2
 import trio
 
+from chain.errors import LedgerError
 from node.admission import Admission
 from node.errors import NodeError
 from node.host import GossipMessage, Host, StreamClosed
@@ -31,6 +34,7 @@ MAX_ANNOUNCED_HEADS = 512
 MAX_ANNOUNCED_FORKS = 16
 REQUEST_TIMEOUT_S = 15.0
 MAX_CONCURRENT_PULLS = 4
+MAX_PULL_ROUNDS = 8  # retargeted pulls per author before it waits for the next announcement
 REPEAT_EVERY = 5  # unchanged heads are re-announced every 5th interval (repair for lost gossip)
 
 log = logging.getLogger("quantian.ledger_sync")
@@ -72,7 +76,8 @@ class HeadsAnnouncement:
 
 
 class Handler:
-    """Serves `{author, start, max_count}` with at most MAX_BLOCKS_PER_REQUEST / MAX_RESPONSE_BYTES."""
+    """Serves `{author, start, max_count}` with at most MAX_BLOCKS_PER_REQUEST / MAX_RESPONSE_BYTES,
+    and `{heads: true}` with our heads announcement (what gossip carries, asked for directly)."""
 
     def __init__(self, ledger, admission: Admission, metrics: Metrics) -> None:
         self._ledger = ledger
@@ -85,6 +90,10 @@ class Handler:
             await write_frames(stream, [{"ok": False, "error": "not a member of this network"}])
             return
         frame = await FrameReader(stream, 4096).read_frame(REQUEST_TIMEOUT_S)
+        if frame.get("heads") is True:
+            self._metrics.inc("ledger_sync.served_heads")
+            await write_frames(stream, [{"ok": True, "announcement": (await build_announcement(self._ledger)).encode()}])
+            return
         author, start, max_count = frame.get("author"), frame.get("start"), frame.get("max_count")
         if not isinstance(author, str) or not isinstance(start, int) or not isinstance(max_count, int) or start < 0:
             self._metrics.inc("ledger_sync.bad_request")
@@ -98,18 +107,46 @@ class Handler:
 
 async def fetch(host: Host, peer_id: str, author: str, start: int, max_count: int = MAX_BLOCKS_PER_REQUEST) -> list[bytes]:
     """Ask `peer_id` for `author`'s blocks from `start`. Raises NodeError / StreamClosed."""
-    stream = await host.open_stream(peer_id, PROTOCOL_ID)
-    try:
-        reply = await request(stream, {"author": author, "start": start, "max_count": max_count},
-                              timeout=REQUEST_TIMEOUT_S, max_frame=MAX_RESPONSE_BYTES)
-    finally:
-        await stream.close()
+    reply = await _ask(host, peer_id, {"author": author, "start": start, "max_count": max_count})
     if not reply.get("ok"):
         raise NodeError(f"{peer_id} refused ledger sync: {reply.get('error')}")
     blocks = reply.get("blocks")
     if not isinstance(blocks, list) or not all(isinstance(b, bytes) for b in blocks):
         raise NodeError(f"{peer_id} sent a malformed block list")
     return blocks[:MAX_BLOCKS_PER_REQUEST]
+
+
+async def fetch_heads(host: Host, peer_id: str) -> HeadsAnnouncement:
+    """Ask `peer_id` for its heads directly (anti-entropy on (re)connection: gossip meshes take
+    heartbeats to form after a partition heals). Raises NodeError / StreamClosed."""
+    reply = await _ask(host, peer_id, {"heads": True})
+    if not reply.get("ok") or not isinstance(reply.get("announcement"), bytes):
+        raise NodeError(f"{peer_id} refused a heads request: {reply.get('error')}")
+    return HeadsAnnouncement.decode(reply["announcement"])
+
+
+async def _ask(host: Host, peer_id: str, message: dict[str, Any]) -> dict[str, Any]:
+    """One request/reply, bounded as a whole: a peer cut off mid-request (partition) must not
+    hold a pull slot for longer than REQUEST_TIMEOUT_S."""
+    try:
+        with trio.fail_after(REQUEST_TIMEOUT_S):
+            stream = await host.open_stream(peer_id, PROTOCOL_ID)
+            try:
+                return await request(stream, message, timeout=REQUEST_TIMEOUT_S, max_frame=MAX_RESPONSE_BYTES)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                    await stream.close()
+    except trio.TooSlowError:
+        raise NodeError(f"{peer_id} did not answer a ledger-sync request within {REQUEST_TIMEOUT_S:.0f} s") from None
+
+
+async def build_announcement(ledger) -> HeadsAnnouncement:
+    heads = await ledger.heads()
+    return HeadsAnnouncement(
+        signed_head=await ledger.signed_head(ledger.author),
+        heads=tuple((h.author, h.height, h.hash) for h in heads),
+        forks=tuple((await ledger.fork_proofs())[:MAX_ANNOUNCED_FORKS]),
+    )
 
 
 # --- the replicator service ---------------------------------------------------------------------
@@ -125,11 +162,14 @@ class Replicator:
         self._metrics = metrics
         self._interval = announce_interval_s
         self._pulling: set[str] = set()
+        self._wanted: dict[str, tuple[int, str]] = {}  # author -> (newest announced height, announcer)
+        self._syncing: set[str] = set()
         self._pull_limit = trio.Semaphore(MAX_CONCURRENT_PULLS)
         self._nursery: trio.Nursery | None = None
         self._known_forks: dict[tuple[str, int], bytes] = {}
         host.set_stream_handler(PROTOCOL_ID, Handler(ledger, admission, metrics))
         host.set_topic_validator(HEADS_TOPIC, self._validate)
+        admission.add_admit_listener(self.on_peer_admitted)
 
     def _validate(self, forwarder: str, message: GossipMessage) -> bool:
         if forwarder != self._host.peer_id and not self._admission.is_member(forwarder):
@@ -151,12 +191,25 @@ class Replicator:
             task_status.started()
 
     async def announcement(self) -> HeadsAnnouncement:
-        heads = await self._ledger.heads()
-        return HeadsAnnouncement(
-            signed_head=await self._ledger.signed_head(self._ledger.author),
-            heads=tuple((h.author, h.height, h.hash) for h in heads),
-            forks=tuple((await self._ledger.fork_proofs())[:MAX_ANNOUNCED_FORKS]),
-        )
+        return await build_announcement(self._ledger)
+
+    def on_peer_admitted(self, peer_id: str) -> None:
+        """A member (re)connected: exchange heads with it directly, without waiting for gossip."""
+        if self._nursery is not None and peer_id not in self._syncing and self._admission.is_member(peer_id):
+            self._syncing.add(peer_id)
+            self._nursery.start_soon(self._sync_with, peer_id)
+
+    async def _sync_with(self, peer_id: str) -> None:
+        try:
+            announcement = await fetch_heads(self._host, peer_id)
+        except (NodeError, StreamClosed) as exc:
+            self._metrics.inc("ledger_sync.heads_request_failed")
+            log.debug("heads request to %s failed: %s", peer_id, exc)
+            return
+        finally:
+            self._syncing.discard(peer_id)
+        self._metrics.inc("ledger_sync.heads_exchanged")
+        await self._on_announcement(peer_id, announcement)
 
     async def _announce_loop(self) -> None:
         """Announce when our heads changed, else every REPEAT_EVERY intervals (gossip costs every
@@ -184,8 +237,6 @@ class Replicator:
             await self._on_announcement(message.origin, announcement)
 
     async def _on_announcement(self, origin: str, announcement: HeadsAnnouncement) -> None:
-        from chain.errors import LedgerError
-
         if announcement.signed_head is not None:
             try:
                 await self._ledger.offer_header(announcement.signed_head)
@@ -199,13 +250,16 @@ class Replicator:
             if author == self._ledger.author:
                 continue
             held = local.get(author)
-            if (held is None or held.height < height) and author not in self._pulling and self._nursery:
+            if held is not None and held.height >= height:
+                continue
+            wanted = self._wanted.get(author)
+            if wanted is None or wanted[0] < height:
+                self._wanted[author] = (height, origin)  # the newest announcer serves the next pull
+            if author not in self._pulling and self._nursery:
                 self._pulling.add(author)
-                self._nursery.start_soon(self._pull, author, height, origin)
+                self._nursery.start_soon(self._pull, author)
 
     async def _accept_fork_proof(self, proof: bytes, origin: str) -> None:
-        from chain.errors import LedgerError
-
         accept = getattr(self._ledger, "accept_fork_proof", None)
         if accept is None:
             return
@@ -215,12 +269,19 @@ class Replicator:
             self._metrics.inc(f"ledger_sync.bad_fork_proof.{exc.code}")
             await self._ledger.report_failure(exc, sender=origin)
 
-    async def _pull(self, author: str, target_height: int, peer: str) -> None:
+    async def _pull(self, author: str) -> None:
+        """Pull `author`'s chain up to the newest height announced for it, from whoever announced
+        it last; announcements that arrive meanwhile retarget the pull instead of being dropped."""
         try:
             async with self._pull_limit:
-                await self._pull_range(author, target_height, peer)
+                for _ in range(MAX_PULL_ROUNDS):
+                    wanted = self._wanted.pop(author, None)
+                    if wanted is None:
+                        return
+                    await self._pull_range(author, *wanted)
         finally:
             self._pulling.discard(author)
+            self._wanted.pop(author, None)  # a later announcement starts afresh
 
     async def _pull_range(self, author: str, target_height: int, peer: str) -> None:
         while True:
@@ -236,7 +297,13 @@ class Replicator:
                 return
             if not blocks:
                 return
-            result = await self._ledger.ingest_blocks(author, blocks)
+            try:
+                result = await self._ledger.ingest_blocks(author, blocks)
+            except LedgerError as exc:  # our own store failed (e.g. disk full): not the sender's fault
+                self._metrics.inc("ledger_sync.store_failed")
+                log.error("cannot store blocks of %s pulled from %s (retried on the next announcement): %s",
+                          author, peer, exc)
+                return
             self._metrics.inc("ledger_sync.blocks_ingested", result.added)
             if result.error is not None:
                 self._metrics.inc(f"ledger_sync.rejected.{result.error.code}")
