@@ -9,12 +9,16 @@ them in a worker thread. Delivered events are pruned beyond `keep_delivered` row
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cbor2
+
+log = logging.getLogger("quantian.event_store")
 
 STORE_FILE_NAME = "events.sqlite"
 DOWNSTREAM_KINDS = ("score", "risk")
@@ -64,22 +68,19 @@ class EventStore:
 
     def add(self, rows: list[tuple[str, str, int, list[Any]]]) -> int:
         """Commit (event_id, symbol, event_time_us, wire) rows durably; returns how many were new."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                before = self._conn.total_changes
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO events(event_id, symbol, event_time_us, wire) VALUES (?,?,?,?)",
-                    [(eid, sym, t, cbor2.dumps(wire)) for eid, sym, t, wire in rows])
-                added = self._conn.total_changes - before
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            before = self._conn.total_changes
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO events(event_id, symbol, event_time_us, wire) VALUES (?,?,?,?)",
+                [(eid, sym, t, cbor2.dumps(wire)) for eid, sym, t, wire in rows])
+            added = self._conn.total_changes - before
         self._inserted_since_prune += added
         if self._inserted_since_prune > 10_000:
-            self._inserted_since_prune = 0
-            self.prune()
+            try:
+                self.prune()
+                self._inserted_since_prune = 0
+            except sqlite3.Error as exc:  # the rows above are committed: report them, prune later
+                log.warning("cannot prune delivered events yet: %s", exc)
         return added
 
     def pending(self, kind: str, limit: int) -> list[tuple[int, str, str, list[Any]]]:
@@ -93,13 +94,22 @@ class EventStore:
 
     def mark_delivered(self, kind: str, seqs: list[int]) -> None:
         column = _column(kind)
+        with self._transaction():
+            self._conn.executemany(f"UPDATE events SET {column} = 0 WHERE seq = ?", [(s,) for s in seqs])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT under the lock. A failed COMMIT (disk full) may already have
+        rolled back on its own; then a ROLLBACK would fail and hide the real error, so it is only
+        sent while a transaction is open."""
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany(f"UPDATE events SET {column} = 0 WHERE seq = ?", [(s,) for s in seqs])
+                yield
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
 
     def recent(self, symbol: str | None, limit: int) -> list[list[Any]]:

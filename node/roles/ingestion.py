@@ -12,6 +12,7 @@ once per outage while the events wait for redelivery. Nothing accepted is droppe
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
 import trio
@@ -42,7 +43,7 @@ class IngestionRole(Role):
         self._lock = trio.Lock()
         self._wake = {kind: trio.Event() for kind in DOWNSTREAM}
         self.counts = {"batches": 0, "received": 0, "ingested": 0, "duplicates": 0,
-                       "routed_score": 0, "routed_risk": 0, "routing_failures": 0}
+                       "routed_score": 0, "routed_risk": 0, "routing_failures": 0, "store_failures": 0}
         self._outage: dict[str, bool] = {kind: False for kind in DOWNSTREAM}
         record, me = ctx.services["ledger"].record_soon, ctx.identity.peer_id
         self.ingested_records = Rollup(record, "market_batch_ingested", me)
@@ -96,38 +97,54 @@ class IngestionRole(Role):
     # --- outbound ----------------------------------------------------------------------------
 
     async def _forward(self, kind: str) -> None:
-        capability = DOWNSTREAM[kind]
-        dispatcher = self.ctx.services["dispatcher"]
-        ledger = self.ctx.services["ledger"]
-        me = self.ctx.identity.peer_id
         backoff = BACKOFF_MIN_S
+        store_trouble = False
         while True:
-            self._wake[kind] = trio.Event()
-            pending = await trio.to_thread.run_sync(self.store.pending, kind, FORWARD_BATCH)
-            if not pending:
-                await self._wake[kind].wait()
-                continue
-            result = await dispatcher.deliver_grouped(capability, kind, pending, key=lambda r: r[2],
-                                                      wire=lambda r: r[3], item_id=lambda r: r[1])
-            for peer, rows, batch in result.delivered:
-                await trio.to_thread.run_sync(self.store.mark_delivered, kind, [r[0] for r in rows])
-                self.counts[f"routed_{kind}"] += len(rows)
-                self.routed_records.add({"to": peer, "kind": kind}, batch.item_ids, symbols={r[2] for r in rows})
-            if not result.undelivered:
-                backoff = BACKOFF_MIN_S
-                if self._outage[kind]:
-                    self._outage[kind] = False
-                    log.info("%s routing recovered", kind)
-                continue
-            self.counts["routing_failures"] += 1
-            if not self._outage[kind]:  # one record per outage, not per retry
-                self._outage[kind] = True
-                reason = "; ".join(result.errors)[:500]
-                ledger.record_soon("routing_failed", {"kind": kind, "capability": capability,
-                                                      "ticks": len(result.undelivered), "reason": reason}, me)
-                log.warning("cannot route %d %s events yet: %s", len(result.undelivered), kind, reason)
-            await trio.sleep(backoff)  # waiting for a peer to (re)appear: elapsed time is the point
-            backoff = min(BACKOFF_MAX_S, backoff * 2)
+            try:
+                backoff = await self._forward_once(kind, backoff)
+                if store_trouble:
+                    store_trouble = False
+                    log.info("%s outbox: the store works again", kind)
+            except sqlite3.Error as exc:
+                # Disk full (or an I/O error) while marking what was delivered: the rows stay
+                # pending and go out again once the store works; downstream drops the repeats.
+                self.counts["store_failures"] += 1
+                if not store_trouble:  # one line per outage, not per retry
+                    store_trouble = True
+                    log.error("%s outbox: cannot update the event store (%s); retrying every %.0f s at most",
+                              kind, exc, BACKOFF_MAX_S)
+                await trio.sleep(backoff)  # waiting for the disk to come back: elapsed time is the point
+                backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _forward_once(self, kind: str, backoff: float) -> float:
+        """One round of the outbox: send what is pending, mark what was delivered; the next backoff."""
+        capability = DOWNSTREAM[kind]
+        self._wake[kind] = trio.Event()
+        pending = await trio.to_thread.run_sync(self.store.pending, kind, FORWARD_BATCH)
+        if not pending:
+            await self._wake[kind].wait()
+            return backoff
+        result = await self.ctx.services["dispatcher"].deliver_grouped(
+            capability, kind, pending, key=lambda r: r[2], wire=lambda r: r[3], item_id=lambda r: r[1])
+        for peer, rows, batch in result.delivered:
+            await trio.to_thread.run_sync(self.store.mark_delivered, kind, [r[0] for r in rows])
+            self.counts[f"routed_{kind}"] += len(rows)
+            self.routed_records.add({"to": peer, "kind": kind}, batch.item_ids, symbols={r[2] for r in rows})
+        if not result.undelivered:
+            if self._outage[kind]:
+                self._outage[kind] = False
+                log.info("%s routing recovered", kind)
+            return BACKOFF_MIN_S
+        self.counts["routing_failures"] += 1
+        if not self._outage[kind]:  # one record per outage, not per retry
+            self._outage[kind] = True
+            reason = "; ".join(result.errors)[:500]
+            self.ctx.services["ledger"].record_soon(
+                "routing_failed", {"kind": kind, "capability": capability, "ticks": len(result.undelivered),
+                                   "reason": reason}, self.ctx.identity.peer_id)
+            log.warning("cannot route %d %s events yet: %s", len(result.undelivered), kind, reason)
+        await trio.sleep(backoff)  # waiting for a peer to (re)appear: elapsed time is the point
+        return min(BACKOFF_MAX_S, backoff * 2)
 
     # --- commands ----------------------------------------------------------------------------
 

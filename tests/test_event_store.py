@@ -1,0 +1,53 @@
+"""Ingestion's event store on real SQLite files: de-duplication across restarts, the outbox, and
+a full database (SQLITE_FULL, made with max_page_count) that fails clearly and loses nothing."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from node.event_store import EventStore
+
+
+def rows(prefix: str, n: int) -> list[tuple[str, str, int, list]]:
+    return [(f"{prefix}{i}", "BTCUSD", i, [i, "x" * 64]) for i in range(n)]
+
+
+def test_duplicates_are_dropped_across_a_restart_and_the_outbox_survives_it(tmp_path):
+    store = EventStore(tmp_path)
+    assert store.add(rows("a", 100)) == 100
+    store.mark_delivered("score", [seq for seq, *_ in store.pending("score", 40)])
+    store.close()
+
+    store = EventStore(tmp_path)
+    assert store.add(rows("a", 120)) == 20  # the first 100 are known, durably
+    assert store.known(["a0", "a119", "zz"]) == {"a0", "a119"}
+    assert store.counts() == {"stored": 120, "pending_score": 80, "pending_risk": 120, "symbols": 1}
+    assert [eid for _, eid, _, _ in store.pending("score", 3)] == ["a40", "a41", "a42"]
+    store.close()
+
+
+def test_a_full_database_raises_the_real_error_commits_nothing_and_recovers(tmp_path):
+    store = EventStore(tmp_path)
+    store.add(rows("a", 500))
+    pages = store._conn.execute("PRAGMA page_count").fetchone()[0]
+    store._conn.execute(f"PRAGMA max_page_count={pages}")  # the disk is full now
+
+    with pytest.raises(sqlite3.OperationalError, match="full"):  # not "cannot rollback"
+        store.add(rows("b", 2000))
+    assert store.counts()["stored"] == 500  # all or nothing: no half batch
+    assert not store._conn.in_transaction
+
+    store._conn.execute("PRAGMA max_page_count=1073741823")  # space again
+    assert store.add(rows("b", 2000)) == 2000
+    store.mark_delivered("risk", [seq for seq, *_ in store.pending("risk", 2500)])
+    assert store.counts() == {"stored": 2500, "pending_score": 2500, "pending_risk": 0, "symbols": 1}
+    store.close()
+
+
+def test_unknown_downstream_kind_is_refused(tmp_path):
+    store = EventStore(tmp_path)
+    with pytest.raises(ValueError, match="unknown downstream kind"):
+        store.pending("bogus", 1)
+    store.close()
