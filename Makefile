@@ -14,11 +14,12 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
 	&& { command -v $$p; break; }; done)
 
-.PHONY: help venv testnet test bench bench-nab clean
+.PHONY: help venv testnet test soak bench bench-nab clean
 
 help:
 	@echo "make testnet   install into .venv, run a local network in the foreground (Ctrl-C stops it)"
 	@echo "make test      install into .venv, run the whole test suite"
+	@echo "make soak      longer fault-injection runs (tests/faults with 100 whole-node kills, chain crash test; QUANTIAN_SOAK=1)"
 	@echo "make bench     pipeline benchmark (bench/pipeline.py)"
 	@echo "make bench-nab anomaly detector on the NAB corpus (bench/nab.py)"
 	@echo "make clean     stop a running testnet, remove .venv, .testnet and caches"
@@ -46,6 +47,9 @@ test: $(STAMP)
 	@rc=0; "$(VENV)/bin/pytest" $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest ran no tests (exit 5): failing" >&2; fi; \
 	exit $$rc
+
+soak: $(STAMP)
+	QUANTIAN_SOAK=1 "$(VENV)/bin/pytest" -ra tests/faults tests/test_chain_crash.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	@if [ -f bench/pipeline.py ]; then "$(PY)" bench/pipeline.py; \
