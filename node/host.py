@@ -203,6 +203,33 @@ def _disable_auto_connector(host) -> None:
         auto.maybe_connect = _no_dials
 
 
+class _GuardedPubsub(Pubsub):
+    """Pubsub whose per-peer read loop cannot take the node down.
+
+    py-libp2p 0.8.1's `stream_handler` catches stream and varint errors but not protobuf's
+    DecodeError, so one malformed RPC (a hostile peer, or a frame cut by a peer killed mid-write)
+    escaped through the connection's nursery and ended the whole host (seen in the fault suite:
+    a restarted ingestion node died 1 s after rejoining). Any exception from one peer's stream
+    now ends that stream and that peer's pubsub session, is counted, and the connection is closed
+    (discovery redials an honest peer, and the new connection starts a fresh session)."""
+
+    def __init__(self, *args, on_bad_stream: Callable[[str, Exception], Awaitable[None]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_bad_stream = on_bad_stream
+
+    async def stream_handler(self, stream) -> None:
+        peer_id = stream.muxed_conn.peer_id
+        try:
+            await super().stream_handler(stream)
+        except Exception as exc:  # noqa: BLE001 - the boundary of one remote peer's input
+            try:
+                await stream.reset()
+            except Exception:  # noqa: BLE001 - already broken: nothing left to tell the peer
+                pass
+            self._handle_dead_peer(peer_id)
+            await self._on_bad_stream(peer_id.to_base58(), exc)
+
+
 class Host:
     """One libp2p host (+ optional GossipSub) for one identity."""
 
@@ -238,7 +265,17 @@ class Host:
                 spam_protection_enabled=False,
                 eclipse_protection_enabled=False,
             )
-            self._pubsub = Pubsub(self._host, self._gossipsub, strict_signing=True)
+            self._pubsub = _GuardedPubsub(self._host, self._gossipsub, strict_signing=True,
+                                          on_bad_stream=self._bad_gossip_stream)
+
+    async def _bad_gossip_stream(self, peer_id: str, exc: Exception) -> None:
+        key = "malformed_rpc" if type(exc).__name__ == "DecodeError" else "bug"
+        self.handler_errors[f"gossipsub:{key}"] += 1
+        if key == "bug":
+            log.error("gossipsub stream from %s failed: %r; disconnecting", peer_id, exc, exc_info=exc)
+        else:
+            log.warning("gossipsub stream from %s sent a malformed RPC (%s); disconnecting", peer_id, exc)
+        await self.disconnect(peer_id)
 
     # --- lifecycle ---------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """A malicious member (valid certificate) against an honest node, over real libp2p on 127.0.0.1.
 
 Slow-loris streams (half a frame, then silence) on every protocol, oversized frames, requests for
-huge ledger ranges, and a flood of adverts: the node stays up, answers its operator, counts what
+huge ledger ranges, a flood of adverts and a malformed gossipsub RPC: the node stays up, answers its operator, counts what
 it dropped, and caps what it serves.
 """
 
@@ -18,6 +18,8 @@ from node.node import Node
 from node.protocols import adverts, control, hello, ledger_sync, ticks
 from test_node_admission_net import network_dir, node_config, start_rogue, wait_until  # noqa: F401
 
+GOSSIP_PROTOCOL = "/meshsub/1.1.0"
+LIBP2P_PROTOCOLS = ("/ipfs/id/push/1.0.0", "/ipfs/ping/1.0.0", "/ipfs/id/1.0.0", "/meshsub/1.0.0")
 PROTOCOLS = (hello.PROTOCOL_ID, control.PROTOCOL_ID, ledger_sync.PROTOCOL_ID, ticks.PROTOCOL_ID)
 
 
@@ -66,4 +68,22 @@ async def test_slow_loris_oversized_frames_huge_ranges_and_floods(network_dir):
         await wait_until(lambda: sum(node.host.handler_errors.values()) >= 2, "stalled streams dropped", timeout=120)
         assert node.status()["peer_id"] == node.peer_id
         assert any(code.endswith("request_timeout") for code in node.host.handler_errors), node.host.handler_errors
+
+        # 5. a gossipsub RPC that is not protobuf (py-libp2p alone lets its DecodeError end the
+        #    whole host): that stream and that peer are dropped, counted, the node stays up
+        gossip = await rogue.open_stream(peer, GOSSIP_PROTOCOL)
+        await gossip.write(b"\x06\x0a\xff\xff\xff\xff\x0f")  # field 1, length 2^32-1, 0 bytes of it
+        await wait_until(lambda: node.host.handler_errors["gossipsub:malformed_rpc"] >= 1, "malformed RPC counted")
+        await wait_until(lambda: not node.host.is_connected(rogue_id.peer_id), "the sender disconnected")
+        # 6. the same garbage on py-libp2p's own protocols (identify push, ping, gossipsub 1.0)
+        for protocol in LIBP2P_PROTOCOLS:
+            peer = await rogue.connect(addr)
+            await hello.exchange(rogue, peer, cert, rogue.rogue_admission)
+            stream = await rogue.open_stream(peer, protocol)
+            await stream.write(b"\x06\x0a\xff\xff\xff\xff\x0f" * 8)
+            await stream.close()
+        peer = await rogue.connect(addr)  # and it still serves: a fresh connection, a real request
+        await hello.exchange(rogue, peer, cert, rogue.rogue_admission)
+        assert await ledger_sync.fetch(rogue, peer, node.peer_id, 0, max_count=2)
+        assert node.status()["peer_id"] == node.peer_id
         nursery.cancel_scope.cancel()
