@@ -2,7 +2,9 @@
 
 py-libp2p never reconnects by itself and forgets bootstrap peers after 3 failures, so this
 service keeps its own dial loop with per-peer exponential backoff (0.5 s -> 5 s: a healed
-partition reconnects within seconds; a failed dial costs one SYN). Peers are learned from hello
+partition reconnects within seconds; a failed dial costs one SYN). When one unreachable peer
+comes back, every other one that failed is redialled at once: a heal reconnects everything
+without waiting out each backoff. Peers are learned from hello
 peer exchange and from capability adverts. Connections that do not present a valid certificate
 within the handshake timeout are dropped and refused for a while.
 
@@ -125,7 +127,24 @@ class Discovery:
             if not self._admission.on_connected(peer_id):
                 self._nursery.start_soon(self._host.disconnect, peer_id)
                 continue
+            target = self._targets.get(peer_id)
+            if target is not None and target.failures and not target.dialling:  # it dialled us
+                self._path_recovered(peer_id)
             self._nursery.start_soon(self._handshake, peer_id)
+
+    def _path_recovered(self, peer_id: str) -> None:
+        """A peer we could not reach is back: the network probably healed, so every other peer
+        that failed is redialled now rather than at the end of its backoff (up to BACKOFF_MAX_S).
+        Bounded: only targets that already failed, once per recovery, DIAL_CONCURRENCY at a time."""
+        now = trio.current_time()
+        woken = 0
+        for other, target in self._targets.items():
+            if other != peer_id and target.failures and target.next_attempt > now:
+                target.next_attempt = now
+                woken += 1
+        if woken:
+            self._metrics.inc("discovery.redial_on_recovery", woken)
+            log.info("%s reachable again: redialling %d other unreachable peers now", peer_id, woken)
 
     async def _handshake(self, peer_id: str) -> None:
         """Hello towards a new connection; retried while the peer is connected and not yet admitted
@@ -209,6 +228,8 @@ class Discovery:
                         log.debug("dial %s failed: %s", full, exc)
                         continue
                     self._metrics.inc("discovery.dial.ok")
+                    if target.failures:
+                        self._path_recovered(peer_id)
                     target.backoff_s = 0.0
                     target.failures = 0
                     return

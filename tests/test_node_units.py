@@ -8,6 +8,7 @@ import time
 
 import cbor2
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -308,3 +309,31 @@ def test_only_the_anomaly_role_imports_scikit_learn_and_scipy():
              "print('sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "False", out.stdout  # not even when the module is imported
+
+
+class _QuietHost:
+    """Just enough of node.host.Host for Discovery's bookkeeping (no sockets: pure logic)."""
+
+    peer_id = "12D3KooWself"
+
+    def add_connection_listener(self, listener) -> None:
+        pass
+
+    def set_stream_handler(self, protocol_id, handler) -> None:
+        pass
+
+
+async def test_one_recovered_peer_brings_every_failed_redial_forward():
+    from node.discovery import Discovery, _Target
+
+    disc = Discovery(_QuietHost(), None, None, PeerTable(), Metrics())
+    later = trio.current_time() + 5.0
+    disc._targets = {"back": _Target(("/ip4/10.0.0.1/tcp/1",), pinned=False, failures=3, next_attempt=later),
+                     "failed": _Target(("/ip4/10.0.0.2/tcp/1",), pinned=False, failures=2, next_attempt=later),
+                     "healthy": _Target(("/ip4/10.0.0.3/tcp/1",), pinned=False, failures=0, next_attempt=later)}
+    disc._path_recovered("back")
+    now = trio.current_time()
+    assert disc._targets["failed"].next_attempt <= now  # redialled at the next dial tick
+    assert disc._targets["healthy"].next_attempt == later  # never failed: left alone
+    assert disc._targets["back"].next_attempt == later  # its own dial already succeeded
+    assert disc._metrics.get("discovery.redial_on_recovery") == 1
