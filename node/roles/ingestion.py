@@ -70,16 +70,22 @@ class IngestionRole(Role):
             raise ticks.BatchRefused("ingestion store is not open yet")
         decoded = [ticks.tick_from_wire(item) for item in batch.items]
         async with self._lock:  # one batch at a time keeps per-symbol derivation in order
-            known = await trio.to_thread.run_sync(self.store.known, [t.event_id for t in decoded])
-            fresh: list[MarketEvent] = []
-            seen: set[str] = set()
-            for tick in decoded:
-                if tick.event_id in known or tick.event_id in seen:
-                    continue
-                seen.add(tick.event_id)
-                fresh.append(self._normaliser.derive(tick))
-            rows = [(e.event_id, e.symbol, e.event_time_us, e.to_wire()) for e in fresh]
-            added = await trio.to_thread.run_sync(self.store.add, rows) if rows else 0
+            try:
+                known = await trio.to_thread.run_sync(self.store.known, [t.event_id for t in decoded])
+                fresh: list[MarketEvent] = []
+                seen: set[str] = set()
+                for tick in decoded:
+                    if tick.event_id in known or tick.event_id in seen:
+                        continue
+                    seen.add(tick.event_id)
+                    fresh.append(self._normaliser.derive(tick))
+                rows = [(e.event_id, e.symbol, e.event_time_us, e.to_wire()) for e in fresh]
+                added = await trio.to_thread.run_sync(self.store.add, rows) if rows else 0
+            except sqlite3.Error as exc:  # disk full, I/O error: nothing committed, the sender keeps it
+                self.counts["store_failures"] += 1
+                self._normaliser = Normaliser()  # derived state may have advanced past what was stored
+                log.error("cannot store a batch of %d ticks from %s: %s", len(decoded), sender, exc)
+                raise ticks.BatchRefused(f"ingestion cannot store ticks now: {exc}") from None
         duplicates = len(decoded) - added
         self.counts["batches"] += 1
         self.counts["received"] += len(decoded)
