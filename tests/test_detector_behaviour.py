@@ -47,6 +47,22 @@ def test_alert_gate_suppresses_one_ongoing_event() -> None:
     np.testing.assert_array_equal(gate.update(s), [1, 0, 0, 0, 0, 0, 0, 0, 1])
 
 
+def test_alert_gate_mutes_a_recurring_event_only() -> None:
+    gate = AlertGate(0.5, quiet_rows=1, recurrence_eps=0.5, memory=4, width=2)
+    s = np.array([0.9, 0.1, 0.1, 0.9, 0.1, 0.1, 0.9])
+    sig = np.array([[1.0, 2.0], [0, 0], [0, 0], [1.2, 2.1], [0, 0], [0, 0], [3.0, 2.0]])
+    np.testing.assert_array_equal(gate.update(s, sig), [1, 0, 0, 0, 0, 0, 1])
+
+
+def test_a_daily_cycle_alerts_less_than_once_a_day() -> None:
+    day = np.r_[np.zeros(200), np.full(88, 10.0)]  # noise-free square wave, 288 rows a day
+    x = np.tile(day, 14) + 20
+    cfg = DetectorConfig(use_forest=False)
+    muted = StreamingDetector(cfg).detect(x).alerts.sum()
+    plain = StreamingDetector(DetectorConfig(use_forest=False, recurrence_eps=0.0)).detect(x).alerts.sum()
+    assert muted < plain
+
+
 def test_severity_buckets() -> None:
     assert severity(0.1, 0.7) == "low"
     assert severity(0.7, 0.7) == "medium"

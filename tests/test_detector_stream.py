@@ -105,3 +105,14 @@ def test_ablations_stream_too(cfg: DetectorConfig) -> None:
                               "use_statistics": cfg.use_statistics})
     x = _series()
     np.testing.assert_array_equal(_run(x, [100, 101, 333], small)[0], _run(x, [], small)[0])
+
+
+def test_early_forest_fits_stream_too() -> None:
+    early = DetectorConfig(**{**SMALL.__dict__, "forest_first_fits": (30, 50)})
+    x = _series()
+    batch = _run(x, [], early)
+    for cuts in ([29, 30, 31, 50, 64], list(range(1, 120))):
+        chunked = _run(x, cuts, early)
+        np.testing.assert_array_equal(chunked[0], batch[0])
+        np.testing.assert_array_equal(chunked[1], batch[1])
+    assert not np.array_equal(batch[0], _run(x, [])[0])  # the early fits did change scores

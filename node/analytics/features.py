@@ -70,3 +70,27 @@ class FeatureBank:
         out = np.column_stack(cols)
         out[np.isnan(out)] = 0.0
         return np.clip(out, -CLIP, CLIP)
+
+
+class LagWindow:
+    """Rows t, t-1, ..., t-k+1 of one column side by side (zeros before the start).
+
+    Why: a shape anomaly (a pattern broken, a cycle out of step) is invisible to
+    any one-row feature; the forest and the recurrence check judge the last k
+    rows together.  The last k-1 rows are kept, so chunked input gives the same
+    windows as one batch.
+    """
+
+    def __init__(self, k: int) -> None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        self.k = k
+        self._tail = np.zeros(k - 1)
+
+    def update(self, col: np.ndarray) -> np.ndarray:
+        """Shape ``(len(col), k)``; column j is the value j rows earlier."""
+        if not len(col):
+            return np.zeros((0, self.k))
+        ext = np.concatenate((self._tail, col))
+        self._tail = ext[len(ext) - (self.k - 1):]
+        return np.lib.stride_tricks.sliding_window_view(ext, self.k)[:, ::-1]

@@ -2,7 +2,8 @@
 
 Why a schedule: refitting per tick manages ~44 rows/s; scoring 1,000 rows per
 call manages tens of thousands.  Refit points depend only on the global row
-index (every ``refit_every`` rows, on the trailing ``window`` feature rows), and
+index (the optional ``first_fits`` rows, then every ``refit_every`` rows, on
+the trailing ``window`` feature rows), and
 each refit is seeded by its index, so a tick-by-tick run builds exactly the
 same forests as a batch run and the scores are identical.  Memory is one
 fixed-size ring of feature rows.
@@ -39,10 +40,14 @@ class ScheduledForest:
     """Anomaly path-length score of each row from the last scheduled forest."""
 
     def __init__(self, n_features: int, *, refit_every: int, window: int,
-                 n_estimators: int, max_samples: int, seed: int) -> None:
+                 n_estimators: int, max_samples: int, seed: int, first_fits: tuple[int, ...] = ()) -> None:
         if refit_every < 1 or window < 2:
             raise ValueError("refit_every must be >= 1 and window >= 2")
+        if any(f < 2 for f in first_fits):
+            raise ValueError("first_fits must be row counts >= 2")
         self._every = refit_every
+        # extra early fits: without them a stream has no forest for its first refit_every rows
+        self._first = tuple(sorted(f for f in set(first_fits) if f < refit_every))
         self._params = dict(n_estimators=n_estimators, max_samples=min(max_samples, window))
         self._seed = seed
         self._ring = np.zeros((window, n_features))
@@ -52,8 +57,9 @@ class ScheduledForest:
     def _fit(self) -> None:
         w = len(self._ring)
         idx = np.arange(self._n - min(self._n, w), self._n) % w  # oldest first
+        params = {**self._params, "max_samples": min(self._params["max_samples"], len(idx))}  # early fits
         self._model = IsolationForest(random_state=self._seed + self._n // self._every,
-                                      **self._params).fit(self._ring[idx])
+                                      **params).fit(self._ring[idx])
 
     def update(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(raw score, valid) per row: raw = -score_samples, higher = stranger."""
@@ -63,9 +69,10 @@ class ScheduledForest:
         start = 0
         while start < n_rows:
             t = self._n  # global index of feats[start]
-            if t % self._every == 0 and t >= self._every:
+            if t in self._first or (t % self._every == 0 and t >= self._every):
                 self._fit()
-            stop = min(n_rows, start + self._every - t % self._every)
+            boundary = min([f for f in self._first if f > t] + [t - t % self._every + self._every])
+            stop = min(n_rows, start + boundary - t)
             if self._model is not None:
                 raw[start:stop] = -score_samples(self._model, feats[start:stop])
                 valid[start:stop] = True
