@@ -116,3 +116,21 @@ def test_early_forest_fits_stream_too() -> None:
         np.testing.assert_array_equal(chunked[0], batch[0])
         np.testing.assert_array_equal(chunked[1], batch[1])
     assert not np.array_equal(batch[0], _run(x, [])[0])  # the early fits did change scores
+
+
+def test_vector_calibrator_equals_one_per_column_in_any_chunking() -> None:
+    """The detector calibrates every feature in one call (rows of k scores): it must give what k
+    separate calibrators give, batch or row by row, warm-up rows included (an empty update used
+    to take scipy's uninitialised filter state for 0 rows)."""
+    from node.analytics.calibrate import TailCalibrator
+
+    rng = np.random.default_rng(0)
+    x = np.abs(rng.normal(size=(300, 3)))
+    ready = np.arange(300) >= 100
+    batch = TailCalibrator(2000, 100).update(x, ready)
+    columns = np.column_stack([TailCalibrator(2000, 100).update(x[:, j], ready) for j in range(3)])
+    one = TailCalibrator(2000, 100)
+    rows = np.vstack([one.update(x[i:i + 1], ready[i:i + 1]) for i in range(300)])
+    np.testing.assert_array_equal(batch, columns)
+    np.testing.assert_array_equal(batch, rows)
+    assert (batch[100:] < 0).any()  # it did calibrate something

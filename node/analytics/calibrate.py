@@ -15,7 +15,7 @@ import math
 import numpy as np
 from scipy.special import log_ndtr
 
-from .ewstats import EWMoments
+from .ewstats import EWMoments, nan_to_zero
 
 LN10 = math.log(10.0)
 #: Smallest std credited to a raw score's history, relative to its mean.
@@ -33,17 +33,18 @@ class TailCalibrator:
         """log P(raw' >= raw) under the history before each row (0 while warming up).
 
         Rows where ``valid`` is False are scored 0 and do not enter the history.
+        ``raw`` of shape ``(n, k)`` calibrates k scores of one stream at once.
         """
         raw = np.asarray(raw, dtype=float)
         if valid is not None and not valid.all():
-            out = np.zeros(len(raw))
+            out = np.zeros(raw.shape)
             out[valid] = self.update(raw[valid])
             return out
-        seen = self._moments.n + np.arange(len(raw))
+        seen = (self._moments.n + np.arange(len(raw))).reshape((-1,) + (1,) * (raw.ndim - 1))
         mean, var = self._moments.update(raw)
-        mean = np.nan_to_num(mean, nan=0.0)
+        mean = nan_to_zero(mean)
         # a raw score that never moved must not make a tiny wiggle "impossible"
-        std = np.maximum(np.sqrt(np.nan_to_num(var, nan=0.0)), REL_STD_FLOOR * np.abs(mean) + 1e-9)
+        std = np.maximum(np.sqrt(nan_to_zero(var)), REL_STD_FLOOR * np.abs(mean) + 1e-9)
         logp = log_ndtr(-(raw - mean) / std)
         return np.where(seen >= self._min_history, np.minimum(logp, 0.0), 0.0)
 

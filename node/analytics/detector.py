@@ -190,13 +190,13 @@ class _Engine:
     def __init__(self, config: DetectorConfig, n_channels: int) -> None:
         c = config
         self.config = c
-        self.banks = [FeatureBank(c.scales, c.long_span, c.noise_span) for _ in range(n_channels)]
-        self.names = [n for b in self.banks for n in b.names]
+        self.bank = FeatureBank(c.scales, c.long_span, c.noise_span)  # all channels in one call
+        self.names = [n for _ in range(n_channels) for n in self.bank.names]
         # column of each channel's shortest-scale level: the raw shape of the stream
-        self._levels = [j * len(self.banks[0].names) for j in range(n_channels)]
+        self._levels = [j * len(self.bank.names) for j in range(n_channels)]
         self._shape = [LagWindow(c.forest_lags) for _ in self._levels] if c.forest_lags else []
         self._recent = [LagWindow(c.recurrence_lags) for _ in self._levels] if c.recurrence_lags else []
-        self._feature_cal = [TailCalibrator(c.calibration_span, c.warmup) for _ in self.names]
+        self._feature_cal = TailCalibrator(c.calibration_span, c.warmup)  # every feature, column-wise
         self._forest = ScheduledForest(
             c.forest_lags * n_channels or len(self.names), refit_every=c.forest_refit_every,
             window=c.forest_window, n_estimators=c.forest_trees, max_samples=c.forest_samples,
@@ -211,12 +211,10 @@ class _Engine:
     def detect(self, columns: list[np.ndarray]) -> Detections:
         c = self.config
         n = len(columns[0])
-        feats = np.hstack([b.update(col) for b, col in zip(self.banks, columns)]) if n else \
-            np.zeros((0, len(self.names)))
+        feats = self.bank.update(np.column_stack(columns)) if n else np.zeros((0, len(self.names)))
         # features of the first rows rest on too little history to judge by
         ready = (self._n + np.arange(n)) >= c.warmup
-        logp_feat = np.column_stack([cal.update(np.abs(feats[:, j]), ready)
-                                     for j, cal in enumerate(self._feature_cal)]) if n else feats
+        logp_feat = self._feature_cal.update(np.abs(feats), ready) if n else feats
         stat = bonferroni(logp_feat) if n else np.zeros(0)
         forest = np.zeros(n)
         if self._forest is not None and n:
@@ -281,6 +279,7 @@ class Score:
 _WORDS = {"level": "level", "jump": "return", "noise": "volatility"}
 #: A feature is named in the reason when its tail probability is below this.
 REASON_P = 1e-3
+NOTHING_OUT_OF_RANGE = "no feature out of range"
 
 
 def _describe(channel: str, name: str, value: float) -> str:
@@ -308,7 +307,7 @@ class MarketDetector:
     def __init__(self, config: DetectorConfig | None = None) -> None:
         self.config = config or DetectorConfig()
         self._engine = _Engine(self.config, len(self.CHANNELS))
-        self._labels = [(ch, n) for ch in self.CHANNELS for n in self._engine.banks[0].names]
+        self._labels = [(ch, n) for ch in self.CHANNELS for n in self._engine.bank.names]
 
     def detect(self, prices: np.ndarray, volumes: np.ndarray) -> Detections:
         """Raw per-tick arrays (see :class:`Detections`) for the next ticks."""
@@ -325,17 +324,18 @@ class MarketDetector:
         k = len(self._labels) // 2
         price = to_score(bonferroni(d.feature_logp[:, :k]), self.config.decades) if len(d.scores) else d.scores
         volume = to_score(bonferroni(d.feature_logp[:, k:]), self.config.decades) if len(d.scores) else d.scores
-        out = []
-        for i in range(len(d.scores)):
-            out.append(Score(float(d.scores[i]), float(price[i]), float(volume[i]), float(d.forest[i]),
-                             bool(d.alerts[i]), severity(float(d.scores[i]), self.config.threshold),
-                             self._reason(d.features[i], d.feature_logp[i])))
-        return out
+        # most rows have no feature out of range: only the others pay for a reason string
+        explained = (d.feature_logp < np.log(REASON_P)).any(axis=1) if len(d.scores) else d.alerts
+        scores, forest, alerts = d.scores.tolist(), d.forest.tolist(), d.alerts.tolist()
+        price, volume = price.tolist(), volume.tolist()
+        return [Score(scores[i], price[i], volume[i], forest[i], alerts[i], severity(scores[i], self.config.threshold),
+                      self._reason(d.features[i], d.feature_logp[i]) if explained[i] else NOTHING_OUT_OF_RANGE)
+                for i in range(len(scores))]
 
     def _reason(self, feats: np.ndarray, logp: np.ndarray) -> str:
         order = np.argsort(logp)[:2]
         parts = [_describe(*self._labels[j], float(feats[j])) for j in order if logp[j] < np.log(REASON_P)]
-        return "; ".join(parts) if parts else "no feature out of range"
+        return "; ".join(parts) if parts else NOTHING_OUT_OF_RANGE
 
     def is_alert(self, score: float) -> bool:
         """Above the alert threshold (event suppression lives in ``detect``)."""

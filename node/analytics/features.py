@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ewstats import EWMean, EWMoments, lagged
+from .ewstats import EWMean, EWMoments, lagged, nan_to_zero
 
 #: Floor on variances, relative to the stream's scale, so a constant stream
 #: gives finite (and then huge) deviations instead of 0/0.
@@ -48,26 +48,28 @@ class FeatureBank:
         self._scale = EWMean(2.0 / (long_span + 1))  # mean |x| for the floors
 
     def update(self, x: np.ndarray) -> np.ndarray:
-        """Features of each row of ``x`` (shape ``(len(x), len(names))``)."""
+        """Features of each row of ``x``: shape ``(len(x), len(names))``; for ``x`` of shape
+        ``(n, c)`` (c aligned channels, one call for all) ``(n, c * len(names))``, channel by
+        channel, each exactly what a bank of its own would give."""
         x = np.asarray(x, dtype=float)
         mean, var = self._long.update(x)
         level = self._scale.update(np.abs(x))
         scale = lagged(level, self._last_scale)
-        floor = np.maximum(_REL_FLOOR * np.nan_to_num(scale, nan=0.0), _ABS_FLOOR) ** 2
-        std = np.sqrt(np.maximum(np.nan_to_num(var, nan=0.0), floor))
+        floor = np.maximum(_REL_FLOOR * nan_to_zero(scale), _ABS_FLOOR) ** 2
+        std = np.sqrt(np.maximum(nan_to_zero(var), floor))
         prev_x = lagged(x, self._last_x)
         step = np.where(np.isnan(prev_x), 0.0, x - prev_x)
         energy_long = self._step_long.update(step * step)
-        prior_energy = np.maximum(np.nan_to_num(lagged(energy_long, self._last_step_long), nan=0.0), floor)
+        prior_energy = np.maximum(nan_to_zero(lagged(energy_long, self._last_step_long)), floor)
         energy_short = np.maximum(self._step_short.update(step * step), floor)
-        cols = [(m.update(x) - np.nan_to_num(mean, nan=0.0)) / std for m in self._short]
+        cols = [(m.update(x) - nan_to_zero(mean)) / std for m in self._short]
         cols.append(step / np.sqrt(prior_energy))
         cols.append(0.5 * np.log(energy_short / prior_energy))
         if len(x):
-            self._last_x = float(x[-1])
-            self._last_step_long = float(energy_long[-1])
-            self._last_scale = float(level[-1])
-        out = np.column_stack(cols)
+            self._last_x = x[-1].copy()
+            self._last_step_long = energy_long[-1].copy()
+            self._last_scale = level[-1].copy()
+        out = np.stack(cols, axis=-1).reshape(len(x), -1)  # (n, [c,] features) -> channel-major
         out[np.isnan(out)] = 0.0
         return np.clip(out, -CLIP, CLIP)
 
