@@ -26,7 +26,7 @@ one forest).
 
 Measured (bench/nab.py on shared/nab, 48 files, 87 windows; standard profile,
 seed 0/1/2): 58.1/59.3/59.4 at DEFAULT_THRESHOLD; low-FP 47.4/48.8/48.8,
-low-FN 63.7/64.8/64.9; ~65,000 rows/s.  Ablation at the same threshold:
+low-FN 63.7/64.8/64.9; ~69,500 rows/s.  Ablation at the same threshold:
 statistics alone 57.0, forest alone 3-7.  The combination beats statistics
 alone for each of 8 seeds at 0.65 (+1.1 to +2.5) and, for seeds 0-2, at every
 threshold from 0.58 to 0.74: the shape forest sees what the per-feature
