@@ -76,6 +76,7 @@ class Discovery:
         self._events_send, self._events_recv = trio.open_memory_channel[tuple[str, bool]](EVENT_QUEUE_SIZE)
         self._dial_limit = trio.Semaphore(DIAL_CONCURRENCY)
         self._dropped_silent: dict[str, float] = {}  # peer -> the last_seen it was dropped at
+        self._connected_at: dict[str, float] = {}  # peer -> trio time its current connection began
         self._nursery: trio.Nursery | None = None
         host.add_connection_listener(self._on_connection_event)
         host.set_stream_handler(hello.PROTOCOL_ID, hello.Handler(admission, own_cert, self.known_peers))
@@ -123,7 +124,9 @@ class Discovery:
         async for peer_id, connected in self._events_recv:
             if not connected:
                 self._admission.on_disconnected(peer_id)
+                self._connected_at.pop(peer_id, None)
                 continue
+            self._connected_at[peer_id] = trio.current_time()
             if not self._admission.on_connected(peer_id):
                 self._nursery.start_soon(self._host.disconnect, peer_id)
                 continue
@@ -198,7 +201,11 @@ class Discovery:
             entry = self._peers.get(peer_id)
             if entry is None or self._dropped_silent.get(peer_id) == entry.last_seen:
                 continue
-            if self._peers.silence_s(entry) > max(SILENT_MIN_S, SILENT_BEATS * entry.heartbeat_s):
+            # measured from the connection's start too: a peer that just came back from a
+            # partition has an old last advert, and its new connection deserves the same window
+            # (closing it at once tore down the heads exchange of the heal)
+            age = trio.current_time() - self._connected_at.get(peer_id, float("-inf"))
+            if min(self._peers.silence_s(entry), age) > max(SILENT_MIN_S, SILENT_BEATS * entry.heartbeat_s):
                 self._dropped_silent[peer_id] = entry.last_seen
                 silent.append(peer_id)
         return silent
