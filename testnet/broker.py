@@ -1,7 +1,7 @@
 """Start a local MQTT broker process for the testnet and the tests.
 
 Mosquitto when it is on PATH (``kind="auto"``), else the pure-Python amqtt broker (MQTT 3.1.1
-only) in its own subprocess. Both listen on 127.0.0.1 only and allow anonymous clients unless
+only) in its own subprocess. Both listen on one address (127.0.0.1 unless told) and allow anonymous clients unless
 ``users`` are given (Mosquitto). The Mosquitto config lifts the per-client in-flight limit and
 raises the per-client queue (default 1,000, beyond which QoS 1 messages are dropped; see
 MQTT-NOTES.md) to ``max_queued`` messages, and keeps sessions on disk, so ``restart()`` preserves
@@ -219,10 +219,11 @@ def _amqtt_argv(config: Path) -> list[str]:
 
 
 def _mosquitto_config(
-    port: int, workdir: Path, tls: TlsFiles | None, password_file: Path | None, max_queued: int
+    port: int, workdir: Path, tls: TlsFiles | None, password_file: Path | None, max_queued: int,
+    host: str = "127.0.0.1",
 ) -> str:
     lines = [
-        f"listener {port} 127.0.0.1",
+        f"listener {port} {host}",
         "allow_anonymous " + ("false" if password_file else "true"),
         "max_inflight_messages 0",  # the bridge bounds it with ReceiveMaximum
         f"max_queued_messages {max_queued}",
@@ -248,12 +249,12 @@ def _mosquitto_config(
     return "\n".join(lines) + "\n"
 
 
-def _amqtt_config(port: int) -> str:
+def _amqtt_config(port: int, host: str = "127.0.0.1") -> str:
     return (
         "listeners:\n"
         "  default:\n"
         "    type: tcp\n"
-        f"    bind: 127.0.0.1:{port}\n"
+        f"    bind: {host}:{port}\n"
         "plugins:\n"
         "  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
         "    allow_anonymous: true\n"
@@ -277,11 +278,13 @@ def start_broker(
     users: dict[str, str] | None = None,
     timeout: float = START_TIMEOUT_S,
     max_queued: int = MAX_QUEUED,
+    host: str = "127.0.0.1",
 ) -> Broker:
     """Start a broker whose files (config, log, persistence) live in ``workdir``; return it ready.
 
     ``tls`` and ``users`` (a password file) need Mosquitto. ``max_queued`` bounds the QoS 1
-    messages Mosquitto holds per client (an absent bridge's backlog; 0 = unlimited). Raises BrokerNotFound when Mosquitto
+    messages Mosquitto holds per client (an absent bridge's backlog; 0 = unlimited). ``host`` is the
+    one address it listens on (a test network's host-link address; loopback by default). Raises BrokerNotFound when Mosquitto
     is asked for and missing, BrokerStartError (with the log tail) when it does not come up.
     """
     workdir = Path(workdir)
@@ -303,12 +306,12 @@ def start_broker(
             if password_file and users:
                 _write_password_file(password_file, users)
             config_path = workdir / "mosquitto.conf"
-            config_path.write_text(_mosquitto_config(use_port, workdir, tls, password_file, max_queued))
+            config_path.write_text(_mosquitto_config(use_port, workdir, tls, password_file, max_queued, host))
         else:
             config_path = workdir / "amqtt.yaml"
-            config_path.write_text(_amqtt_config(use_port))
+            config_path.write_text(_amqtt_config(use_port, host))
         broker = Broker(
-            kind=kind, host="127.0.0.1", port=use_port, workdir=workdir, config_path=config_path,
+            kind=kind, host=host, port=use_port, workdir=workdir, config_path=config_path,
             log_path=workdir / f"{kind}.log", tls=tls, start_timeout=timeout,
         )
         try:

@@ -29,6 +29,7 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -252,27 +253,7 @@ class FaultNet:
 
     def _start_broker(self, host: str) -> mqtt_broker.Broker:
         """start_broker()'s broker, listening on `host` (the host link's address in namespaces)."""
-        workdir = self.directory / "broker"
-        if host == "127.0.0.1":
-            return mqtt_broker.start_broker(workdir, kind=self.broker_kind)
-        workdir.mkdir(parents=True, exist_ok=True)
-        kind = self.broker_kind
-        if kind == "auto":
-            kind = "mosquitto" if mqtt_broker.mosquitto_path() else "embedded"
-        port = free_ports(1)[0]
-        loopback = f"127.0.0.1:{port}" if kind == "embedded" else f"listener {port} 127.0.0.1"
-        if kind == "mosquitto":
-            text = mqtt_broker._mosquitto_config(port, workdir, None, None, mqtt_broker.MAX_QUEUED)
-            config = workdir / "mosquitto.conf"
-        else:
-            text = mqtt_broker._amqtt_config(port)
-            config = workdir / "amqtt.yaml"
-        if loopback not in text:
-            raise FaultNetError(f"testnet/broker.py's {kind} config has no {loopback!r} to rebind: {text!r}")
-        config.write_text(text.replace(loopback, loopback.replace("127.0.0.1", host)))
-        broker = mqtt_broker.Broker(kind=kind, host=host, port=port, workdir=workdir, config_path=config,
-                                    log_path=workdir / f"{kind}.log")
-        return broker.start()
+        return mqtt_broker.start_broker(self.directory / "broker", kind=self.broker_kind, host=host)
 
     def restart_broker(self) -> None:
         """Stop the broker (SIGTERM: Mosquitto saves its sessions) and start it on the same port."""
@@ -323,8 +304,6 @@ class FaultNet:
 
     def ask_many(self, names: list[str], command: str, timeout: float = 30.0) -> dict[str, dict | None]:
         """The same request to several nodes at once; None for a node that did not answer."""
-        from concurrent.futures import ThreadPoolExecutor
-
         error = mesh.control_error_type()
 
         def one(name: str) -> dict | None:
