@@ -54,7 +54,7 @@ def test_alert_gate_mutes_a_recurring_event_only() -> None:
     np.testing.assert_array_equal(gate.update(s, sig), [1, 0, 0, 0, 0, 0, 1])
 
 
-def test_a_daily_cycle_alerts_less_than_once_a_day() -> None:
+def test_a_daily_cycle_raises_fewer_alerts_with_the_recurrence_check() -> None:
     day = np.r_[np.zeros(200), np.full(88, 10.0)]  # noise-free square wave, 288 rows a day
     x = np.tile(day, 14) + 20
     cfg = DetectorConfig(use_forest=False)

@@ -325,7 +325,7 @@ class MarketDetector:
         price = to_score(bonferroni(d.feature_logp[:, :k]), self.config.decades) if len(d.scores) else d.scores
         volume = to_score(bonferroni(d.feature_logp[:, k:]), self.config.decades) if len(d.scores) else d.scores
         # most rows have no feature out of range: only the others pay for a reason string
-        explained = (d.feature_logp < np.log(REASON_P)).any(axis=1) if len(d.scores) else d.alerts
+        explained = (d.feature_logp < np.log(REASON_P)).any(axis=1).tolist()
         scores, forest, alerts = d.scores.tolist(), d.forest.tolist(), d.alerts.tolist()
         price, volume = price.tolist(), volume.tolist()
         return [Score(scores[i], price[i], volume[i], forest[i], alerts[i], severity(scores[i], self.config.threshold),
