@@ -129,7 +129,7 @@ class IngestionRole(Role):
         pending = await trio.to_thread.run_sync(self.store.pending, kind, FORWARD_BATCH)
         if not pending:
             await self._wake[kind].wait()
-            return backoff
+            return BACKOFF_MIN_S  # everything was delivered: a later outage starts from the minimum
         result = await self.ctx.services["dispatcher"].deliver_grouped(
             capability, kind, pending, key=lambda r: r[2], wire=lambda r: r[3], item_id=lambda r: r[1])
         for peer, rows, batch in result.delivered:
