@@ -1,11 +1,12 @@
 """paho-mqtt <-> trio bridge with manual acknowledgements (used by the iot role).
 
-paho's network thread hands every message, through a bounded staging queue (no round trip to
-trio per message), to one bounded trio memory channel; when both are full that thread blocks
-(backpressure, nothing is dropped; a consumer stalled for longer than 1.5 keepalives gets the
-connection dropped by the broker, and the unacked messages come back after the reconnect).
+paho's network thread appends every message to one bounded staging queue; the trio consumer
+takes them in batches (``Bridge.receive_batch``), so the thread wakes trio once per batch, not
+once per message. When the queue is full that thread blocks (backpressure, nothing is dropped;
+a consumer stalled for longer than 1.5 keepalives gets the connection dropped by the broker, and
+the unacked messages come back after the reconnect).
 Messages are acknowledged to the broker only when the consumer calls ``Bridge.ack`` after
-downstream has taken them, and the session is persistent (stable client id, MQTT 5
+downstream has taken them (one write for the whole batch of PUBACKs), and the session is persistent (stable client id, MQTT 5
 ``clean_start=False`` + SessionExpiryInterval, or 3.1.1 ``clean_session=False``), so ticks
 published while the bridge is away, and ticks received but not acked, are delivered again when
 it returns (QoS 1 redelivery: downstream de-duplicates by event ID).
@@ -25,10 +26,11 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -50,6 +52,7 @@ PASSWORD_ENV = "QUANTIAN_MQTT_PASSWORD"
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason "Unsupported protocol version" (3.1.1 return code 1)
 Protocol = Literal["auto", "v5", "v311"]
 T = TypeVar("T")
+_PUBACK = struct.Struct("!BBH")  # fixed header (PUBACK, remaining length 2) + packet id
 
 
 class MqttError(Exception):
@@ -157,6 +160,15 @@ class _BufferedClient(mqtt.Client):
         self._rbuf.clear()  # bytes of the previous connection
         return super().reconnect()
 
+    def ack_many(self, mids: Sequence[int]) -> mqtt.MQTTErrorCode:
+        """PUBACK every QoS 1 message in ``mids`` with one queued write. paho's ``ack`` queues a
+        packet, writes a wake-up byte and makes a send() per message; these are the same bytes
+        (a PUBACK without reason code means success, in 3.1.1 and 5), sent as one packet."""
+        if not mids:
+            return mqtt.MQTT_ERR_SUCCESS
+        packet = b"".join([_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids])
+        return self._packet_queue(mqtt.PUBACK, packet, 0, 1)
+
 
 def make_client(
     address: BrokerAddress, *, client_id: str, protocol: int, manual_ack: bool = False, persistent: bool = False
@@ -250,18 +262,39 @@ class BridgeStats:
     subscription: str
 
 
+class _OneByOne:
+    """``Bridge.messages``: the staged messages one at a time (holds none itself, so a consumer
+    that stops iterating leaves the rest staged for the next one)."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self._bridge = bridge
+
+    def __aiter__(self) -> _OneByOne:
+        return self
+
+    async def __anext__(self) -> RawMessage:
+        try:
+            return (await self._bridge.receive_batch(1))[0]
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
 class Bridge:
     """One MQTT subscription bridged into trio. Use::
 
         async with trio.open_nursery() as nursery:
             await nursery.start(bridge.run)
-            async for msg in bridge.messages: ...; bridge.ack([msg])
+            while True:
+                batch = await bridge.receive_batch(1000, wait_s=0.1); ...; bridge.ack(batch)
+
+    or ``async for msg in bridge.messages`` one at a time.
     """
 
     def __init__(self, config: BridgeConfig) -> None:
+        if config.channel_size < 1:
+            raise ValueError("channel_size must be >= 1")
         self.config = config
         self.address = parse_broker_url(config.url, ca_file=config.ca_file)
-        self._send, self.messages = trio.open_memory_channel[RawMessage](config.channel_size)
         self._lock = threading.Lock()
         self._pending: dict[int, int] = {}  # mid -> seq of the unacked message holding it
         self._connection = 0
@@ -275,12 +308,13 @@ class Bridge:
         self._client: mqtt.Client | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._changed = trio.Event()
-        # hand-off from paho's thread: a bounded staging deque drained by a trio pump task, so the
-        # thread does not wait for trio on every message, only when staging is full.
+        # hand-off from paho's thread: a bounded staging deque the consumer takes batches from.
+        # paho's thread waits on `_room` while it is full and wakes trio only when the waiting
+        # consumer asked for `_want` messages and they are there.
         self._staged: deque[RawMessage] = deque()
-        self._slots = threading.Semaphore(config.channel_size)
-        self._pump_idle = False
-        self._pump_wakeup = trio.Event()
+        self._room = threading.Condition(self._lock)
+        self._want = 0
+        self._arrived = trio.Event()
         self._closed = False
 
     @property
@@ -291,6 +325,45 @@ class Bridge:
                 reconnects=self._reconnects, stale_acks=self._stale, connected=self._connected,
                 protocol=self._protocol, subscription=self._subscription,
             )
+
+    @property
+    def messages(self) -> AsyncIterator[RawMessage]:
+        """The messages one at a time (``receive_batch(1)``); ends when the bridge stops."""
+        return _OneByOne(self)
+
+    async def receive_batch(self, max_items: int, wait_s: float = 0.0) -> list[RawMessage]:
+        """Up to ``max_items`` messages in arrival order: waits for the first, then up to
+        ``wait_s`` more seconds until ``max_items`` are there (micro-batching). Raises
+        trio.EndOfChannel once the bridge has stopped (what it still held was never acked:
+        the broker delivers it again)."""
+        if max_items < 1:
+            raise ValueError("max_items must be >= 1")
+        await self._wait_staged(1)
+        if wait_s > 0 and max_items > 1:
+            with trio.move_on_after(wait_s):
+                await self._wait_staged(max_items)
+        with self._lock:
+            if self._closed:
+                raise trio.EndOfChannel
+            batch = [self._staged.popleft() for _ in range(min(max_items, len(self._staged)))]
+            self._room.notify()
+        return batch
+
+    async def _wait_staged(self, count: int) -> None:
+        """Until ``count`` messages are staged or the bridge stopped."""
+        need = min(count, self.config.channel_size)
+        while True:
+            with self._lock:
+                if self._closed or len(self._staged) >= need:
+                    return
+                self._want, self._arrived = need, trio.Event()
+                arrived = self._arrived
+            try:
+                await arrived.wait()
+            finally:
+                with self._lock:
+                    if self._arrived is arrived:
+                        self._want = 0
 
     def ack(self, messages: Iterable[RawMessage]) -> int:
         """PUBACK ``messages`` (call once downstream holds them). Returns how many were acked;
@@ -307,9 +380,13 @@ class Bridge:
                     self._stale += 1
         client = self._client
         done = 0
-        for msg in to_ack:
-            if client is not None and client.ack(msg.mid, msg.qos) == mqtt.MQTT_ERR_SUCCESS:
-                done += 1
+        if client is not None and to_ack:
+            qos1 = [msg.mid for msg in to_ack if msg.qos == 1]
+            if client.ack_many(qos1) == mqtt.MQTT_ERR_SUCCESS:
+                done += len(qos1)
+            for msg in to_ack:  # QoS 2 (never granted by our QoS 1 subscription): paho's own path
+                if msg.qos == 2 and client.ack(msg.mid, msg.qos) == mqtt.MQTT_ERR_SUCCESS:
+                    done += 1
         with self._lock:
             self._acked += done
             self._stale += len(to_ack) - done
@@ -332,33 +409,15 @@ class Bridge:
                 v5 = self.config.protocol == "v5"
             await self._start_client(mqtt.MQTTv5 if v5 else mqtt.MQTTv311, deadline)
             task_status.started()
-            await self._pump()
+            await trio.sleep_forever()  # paho's thread does the work until we are cancelled
         finally:
-            self._closed = True  # paho's thread stops waiting for room
-            self._send.close()
+            with self._lock:
+                self._closed = True  # paho's thread stops waiting for room, consumers stop
+                self._staged.clear()  # never acked: the broker delivers these again
+                self._room.notify_all()
+                self._arrived.set()
             with trio.CancelScope(shield=True):
                 await self._stop_client()
-
-    async def _pump(self) -> None:
-        """Move staged messages into the channel; waits (backpressure) while it is full."""
-        while True:
-            with self._lock:
-                batch = list(self._staged)
-                self._staged.clear()
-                if not batch:
-                    self._pump_wakeup = trio.Event()
-                    self._pump_idle = True
-            if not batch:
-                await self._pump_wakeup.wait()
-                continue
-            for raw in batch:
-                try:
-                    await self._send.send(raw)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self._closed = True  # nobody reads any more: unacked, the broker redelivers
-                    await trio.sleep_forever()
-                finally:
-                    self._slots.release()
 
     async def _retry_connect(self, connect: Callable[[], T], deadline: float) -> T:
         """Run the blocking ``connect`` in a thread, retrying refused TCP connections until
@@ -482,27 +541,26 @@ class Bridge:
             log.warning("mqtt %s: disconnected (%s), reconnecting", self.address.display, reason_code)
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        topic, payload, received_at = message.topic, message.payload, time.time()
         with self._lock:
-            connection = self._connection
+            while len(self._staged) >= self.config.channel_size and not self._closed:
+                self._room.wait(0.5)  # staging full: block paho's thread (backpressure)
+            if self._closed:
+                return  # shutting down: not acked, so the broker delivers it again
             self._received += 1
             seq = self._received
             if message.qos > 0:
                 self._pending[message.mid] = seq
-        raw = RawMessage(
-            topic=message.topic, payload=message.payload, mid=message.mid, qos=message.qos,
-            received_at=time.time(), dup=bool(message.dup), connection=connection, seq=seq,
-        )
-        while True:  # staging full: block paho's thread (backpressure)
-            if self._closed:
-                return  # shutting down: not acked, so the broker delivers it again
-            if self._slots.acquire(timeout=0.5):
-                break
-        with self._lock:
-            self._staged.append(raw)
-            wake, self._pump_idle = self._pump_idle, False
-            wakeup = self._pump_wakeup
+            self._staged.append(RawMessage(
+                topic=topic, payload=payload, mid=message.mid, qos=message.qos, received_at=received_at,
+                dup=bool(message.dup), connection=self._connection, seq=seq,
+            ))
+            wake = 0 < self._want <= len(self._staged)
+            if wake:
+                self._want = 0
+                arrived = self._arrived
         if wake:
             try:
-                self._token.run_sync_soon(wakeup.set)
+                self._token.run_sync_soon(arrived.set)
             except trio.RunFinishedError:
                 pass

@@ -76,6 +76,27 @@ async def test_all_ticks_received_none_acked_until_ack(mqtt_broker):
         assert bridge.ack(got) == 0  # acking twice is void
 
 
+@BOTH
+async def test_receive_batch_hands_over_staged_messages_in_batches_in_arrival_order(mqtt_broker):
+    n = 300
+    ticks = sim_ticks(n, seed=41)
+    async with Running(mqtt_broker.url, "iot-batch", channel_size=100) as bridge:
+        await publish(mqtt_broker.url, ticks)
+        got: list[RawMessage] = []
+        sizes: list[int] = []
+        with trio.fail_after(60):
+            while len(got) < n:
+                batch = await bridge.receive_batch(64, wait_s=2.0)
+                sizes.append(len(batch))
+                got.extend(batch)
+        assert all(1 <= size <= 64 for size in sizes) and max(sizes) == 64, sizes
+        assert [m.seq for m in got] == list(range(got[0].seq, got[0].seq + n))  # arrival order, no gaps
+        assert sorted(event_ids(got)) == sorted(t.event_id for t in ticks)
+        assert bridge.ack(got) == n and bridge.stats.inflight == 0
+        with pytest.raises(ValueError):
+            await bridge.receive_batch(0)
+
+
 @MOSQUITTO
 async def test_full_channel_blocks_paho_and_cancel_still_stops_promptly(mqtt_broker):
     ticks = sim_ticks(100, seed=31)
@@ -236,7 +257,7 @@ async def test_unreachable_broker_fails_with_a_clear_error():
 def test_acking_an_old_message_never_acks_a_newer_one_that_reuses_its_packet_id():
     bridge = Bridge(BridgeConfig(url="mqtt://127.0.0.1:1", client_id="unit"))
     acks: list[int] = []
-    bridge._client = SimpleNamespace(ack=lambda mid, qos: acks.append(mid) or 0)  # a fake paho client
+    bridge._client = SimpleNamespace(ack_many=lambda mids: acks.extend(mids) or 0)  # a fake paho client
     deliver = partial(bridge._on_message, None, None)
     deliver(SimpleNamespace(topic="t", payload=b"1", mid=7, qos=1, dup=False))
     first = bridge._staged[-1]

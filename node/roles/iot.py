@@ -1,4 +1,4 @@
-"""iot role: the MQTT bridge. paho -> bounded trio channel -> validate -> batch -> ingestion.
+"""iot role: the MQTT bridge. paho -> bounded staging queue -> batch -> validate -> ingestion.
 
 MQTT messages are acknowledged (manual PUBACK) only after the ingestion peer acknowledged the
 batch holding them, so a tick the broker handed us is never lost: if we die first, the broker's
@@ -33,15 +33,6 @@ CAPABILITY_INGEST = "ingest_market_data"
 INFLIGHT_MAX = 4000
 
 
-async def collect(channel: trio.MemoryReceiveChannel, max_items: int, wait_s: float) -> list:
-    """Wait for one message, then gather more for up to `wait_s` (micro-batching)."""
-    items = [await channel.receive()]
-    with trio.move_on_after(wait_s):
-        while len(items) < max_items:
-            items.append(await channel.receive())
-    return items
-
-
 class IotRole(Role):
     name = "iot"
     capabilities = ("collect_edge_telemetry", "mqtt_bridge", "publish_events")
@@ -64,7 +55,7 @@ class IotRole(Role):
         task_status.started()
         backoff = 1.0
         while True:
-            # The channel holds every message the broker may send unacked (ReceiveMaximum), so
+            # Staging holds every message the broker may send unacked (ReceiveMaximum), so
             # paho's thread never blocks on backpressure and keeps its keepalive going; a
             # blocked client gets dropped by the broker, which then redelivers everything.
             self.bridge = Bridge(BridgeConfig(url=url, client_id=client_id, channel_size=INFLIGHT_MAX,
@@ -84,7 +75,7 @@ class IotRole(Role):
 
     async def _pump(self, bridge: Bridge) -> None:
         while True:
-            messages = await collect(bridge.messages, BATCH_MAX, BATCH_WAIT_S)
+            messages = await bridge.receive_batch(BATCH_MAX, BATCH_WAIT_S)
             valid: list[tuple[Any, RawMessage]] = []
             rejected: list[RawMessage] = []
             for message in messages:
