@@ -128,6 +128,24 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> int:
 # --- start -------------------------------------------------------------------------------------
 
 
+class _NoPandas:
+    """A sys.meta_path finder that makes ``import pandas`` fail as if pandas were absent."""
+
+    @staticmethod
+    def find_spec(name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError("pandas is kept out of QuantIAN nodes", name=name)
+        return None
+
+
+def keep_pandas_out() -> None:
+    """scikit-learn imports pandas whenever it is installed (the test extras install it), and a
+    node never uses it: ~30 MB of the anomaly node's RSS. sklearn looks pandas up in sys.modules
+    and treats a failed import as "not installed", so a finder that refuses it is enough."""
+    if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoPandas())
+
+
 def cmd_start(args: argparse.Namespace) -> int:
     from node.config import load_config
     from node.logs import configure_logging
@@ -143,6 +161,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     import trio
 
+    keep_pandas_out()
     from node.node import Node
 
     configure_logging(config.log_format, config.log_level, config.name)  # again: importing libp2p reset its loggers

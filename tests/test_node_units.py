@@ -311,6 +311,20 @@ def test_only_the_anomaly_role_imports_scikit_learn_and_scipy():
     assert out.stdout.strip() == "False", out.stdout  # not even when the module is imported
 
 
+def test_a_started_node_keeps_pandas_out_of_scikit_learn():
+    """`quantian-node start` blocks sklearn's opportunistic pandas import (~30 MB); the forest
+    still fits and scores without it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, numpy as np, node.cli; node.cli.keep_pandas_out(); "
+             "from sklearn.ensemble import IsolationForest; "
+             "f = IsolationForest(n_estimators=10, random_state=0).fit(np.random.default_rng(0).normal(size=(200, 3))); "
+             "print('pandas' in sys.modules, f.score_samples(np.zeros((2, 3))).shape)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False (2,)", out.stdout + out.stderr
+
+
 class _QuietHost:
     """Just enough of node.host.Host for Discovery's bookkeeping (no sockets: pure logic)."""
 
