@@ -6,8 +6,9 @@ once per message. When the queue is full that thread blocks (backpressure, nothi
 a consumer stalled for longer than 1.5 keepalives gets the connection dropped by the broker, and
 the unacked messages come back after the reconnect).
 Messages are acknowledged to the broker only when the consumer calls ``Bridge.ack`` after
-downstream has taken them (one write for the whole batch of PUBACKs), and the session is persistent (stable client id, MQTT 5
-``clean_start=False`` + SessionExpiryInterval, or 3.1.1 ``clean_session=False``), so ticks
+downstream has taken them (one write for a batch's PUBACKs), and the session is persistent
+(stable client id, MQTT 5 ``clean_start=False`` + SessionExpiryInterval, or 3.1.1
+``clean_session=False``), so ticks
 published while the bridge is away, and ticks received but not acked, are delivered again when
 it returns (QoS 1 redelivery: downstream de-duplicates by event ID).
 
