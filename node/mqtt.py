@@ -381,13 +381,9 @@ class Bridge:
                     self._stale += 1
         client = self._client
         done = 0
-        if client is not None and to_ack:
-            qos1 = [msg.mid for msg in to_ack if msg.qos == 1]
-            if client.ack_many(qos1) == mqtt.MQTT_ERR_SUCCESS:
-                done += len(qos1)
-            for msg in to_ack:  # QoS 2 (never granted by our QoS 1 subscription): paho's own path
-                if msg.qos == 2 and client.ack(msg.mid, msg.qos) == mqtt.MQTT_ERR_SUCCESS:
-                    done += 1
+        # the subscription is QoS 1, so the broker delivers at QoS 1 at most: PUBACK for all
+        if client is not None and to_ack and client.ack_many([m.mid for m in to_ack]) == mqtt.MQTT_ERR_SUCCESS:
+            done = len(to_ack)
         with self._lock:
             self._acked += done
             self._stale += len(to_ack) - done

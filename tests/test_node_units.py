@@ -311,9 +311,9 @@ def test_only_the_anomaly_role_imports_scikit_learn_and_scipy():
     assert out.stdout.strip() == "False", out.stdout  # not even when the module is imported
 
 
-def test_a_started_node_keeps_pandas_out_of_scikit_learn():
-    """`quantian-node start` blocks sklearn's opportunistic pandas import (~30 MB); the forest
-    still fits and scores without it."""
+def test_keep_pandas_out_refuses_pandas_and_the_forest_still_fits_and_scores():
+    """What `quantian-node start` calls before importing the roles: sklearn's opportunistic
+    pandas import (~30 MB) is refused, and the forest still works on NumPy arrays."""
     import subprocess
     import sys
 
