@@ -51,3 +51,37 @@ def test_unknown_downstream_kind_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown downstream kind"):
         store.pending("bogus", 1)
     store.close()
+
+
+def test_prune_drops_only_delivered_events_older_than_the_newest_kept(tmp_path):
+    store = EventStore(tmp_path, keep_delivered=50)
+    store.add(rows("a", 200))
+    seqs = [seq for seq, *_ in store.pending("score", 200)]
+    store.mark_delivered("score", seqs)
+    store.mark_delivered("risk", [s for s in seqs if s != seqs[10]])  # a0..a199 but a10 delivered
+    assert store.prune() == 149  # seq 1..150 are older than the newest 50; a10 still pending risk
+    assert store.counts() == {"stored": 51, "pending_score": 0, "pending_risk": 1, "symbols": 1}
+    assert [w[0] for w in store.recent(None, 60)] == list(range(199, 149, -1)) + [10]
+    assert store.prune() == 0  # nothing more to drop
+    store.mark_delivered("risk", [seqs[10]])
+    assert store.prune() == 1  # delivered at last, and old: gone
+    store.close()
+
+
+def test_marks_commit_without_fsync_but_adds_stay_fully_synced(tmp_path):
+    store = EventStore(tmp_path)
+    store.add(rows("a", 10))
+    store.mark_delivered("score", [seq for seq, *_ in store.pending("score", 10)])
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again for adds
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another writer holds the lock: the mark fails
+    store._conn.execute("PRAGMA busy_timeout=10")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.mark_delivered("risk", [1])
+    other.execute("ROLLBACK")
+    other.close()
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # restored after a failure too
+    store.close()
+    store = EventStore(tmp_path)
+    assert store.counts()["pending_score"] == 0  # the marks were committed
+    store.close()
