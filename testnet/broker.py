@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from testnet.ports import free_port
+
 BrokerKind = Literal["auto", "mosquitto", "embedded"]
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 5.0
@@ -61,12 +63,6 @@ def mosquitto_path() -> str | None:
     return shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.access(p, os.X_OK)), None
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 _CONNECT_311 = bytes([0x10, 20, 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 10, 0, 8]) + b"qt-probe"

@@ -37,8 +37,9 @@ from typing import Any, Iterable, Iterator
 
 from testnet import broker as mqtt_broker
 from testnet import mesh, netns
-from testnet.network import _credentials, _new_node, free_ports, node_args, node_command
+from testnet.network import _credentials, _new_node, node_args, node_command
 from testnet.plan import plan_nodes
+from testnet.ports import free_ports
 from testnet.procs import kill9, probe, send, spawn, stop
 from testnet.state import NodeState, TestnetError
 

@@ -6,7 +6,6 @@ import importlib.util
 import os
 import shlex
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Callable
 
 from testnet import mesh
 from testnet.plan import NodePlan, next_node, plan_nodes
+from testnet.ports import free_ports
 from testnet.procs import kill9, probe, proc_start_time, spawn, stop
 from testnet.state import (
     NodeState,
@@ -63,20 +63,6 @@ def node_command() -> list[str]:
 
 def sim_available() -> bool:
     return bool(os.environ.get("QUANTIAN_SIM_CMD")) or importlib.util.find_spec("sim.cli") is not None
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct loopback ports the OS considers free right now."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def node_args(node: NodeState, bootstraps: list[NodeState], options: dict, mqtt_url: str | None) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import pytest
 from bootstrap import render
 from bootstrap.local import OfflineAuthority, log_tail, quantian_node, wait_ready
 from testnet import netns
+from testnet.ports import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ class Cloud:
     def __post_init__(self) -> None:
         self.authority = OfflineAuthority.create(self.base)
         names = CLOUDS + tuple(PIPELINE)
-        ports = dict(zip(names, _free_ports(len(names)))) if self.net is None else dict.fromkeys(names, PORT)
+        ports = dict(zip(names, free_ports(len(names)))) if self.net is None else dict.fromkeys(names, PORT)
         if self.net is not None and DISTINCT_PORTS:
             ports = {name: PORT + i for i, name in enumerate(names)}
         for name in names:
@@ -151,17 +151,6 @@ class Cloud:
             self.net.heal(name)
         else:
             os.killpg(self.procs[name].pid, signal.SIGCONT)
-
-
-def _free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Views:

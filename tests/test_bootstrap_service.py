@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -16,18 +15,13 @@ import pytest
 
 from bootstrap import health, render
 from bootstrap.local import OfflineAuthority, log_tail, quantian_node, wait_ready
+from testnet.ports import free_port
 
 pytestmark = pytest.mark.slow
 
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 60.0
 ANNOUNCE = "/ip4/127.0.0.2/tcp/4001"  # deliberately not where it listens
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def split_log(path: Path) -> tuple[list[dict], list[str]]:

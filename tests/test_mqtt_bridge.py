@@ -18,7 +18,7 @@ from sim import cli
 from sim.malformed import malformed_samples
 from sim.market import MarketSim
 from sim.publisher import publish_ticks
-from testnet.broker import free_port
+from testnet.ports import free_port
 
 BOTH = pytest.mark.parametrize("mqtt_broker", ["mosquitto", "embedded"], indirect=True)
 MOSQUITTO = pytest.mark.parametrize("mqtt_broker", ["mosquitto"], indirect=True)

@@ -20,7 +20,7 @@ from sim.market import (
     replay_csv,
     spike_tick,
 )
-from testnet.broker import free_port
+from testnet.ports import free_port
 
 START_US = 1_767_225_600_000_000
 

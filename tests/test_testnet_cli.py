@@ -11,7 +11,7 @@ import time
 import pytest
 
 from testnet import procs
-from testnet.network import free_ports
+from testnet.ports import LOWEST_PORT, free_ports, listen_range
 from testnet.plan import PlanError, next_node, plan_nodes
 from testnet.state import NodeState, ServiceState, State, load_state, save_state
 
@@ -44,9 +44,20 @@ def test_state_round_trips_through_json(tmp_path):
     assert again.node("iot-1").multiaddr == "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWtest"
 
 
-def test_free_ports_are_distinct():
+def test_free_ports_are_distinct_and_below_the_ephemeral_range():
+    """Outgoing connections take local ports from the ephemeral range; a listener's port picked
+    there could be taken before the node binds it ("address in use" seen in a bench run)."""
+    ephemeral_low = listen_range().stop
     ports = free_ports(8)
-    assert len(set(ports)) == 8 and all(p > 0 for p in ports)
+    assert len(set(ports)) == 8 and all(LOWEST_PORT <= p < ephemeral_low for p in ports), ports
+
+
+def test_port_range_follows_the_kernel_setting_and_falls_back_to_the_os_choice(tmp_path):
+    (tmp_path / "range").write_text("40000\t60999\n")
+    assert listen_range(tmp_path / "range") == range(LOWEST_PORT, 40000)
+    assert listen_range(tmp_path / "missing") == range(LOWEST_PORT, 32768)  # the Linux default
+    ports = free_ports(3, candidates=range(LOWEST_PORT, LOWEST_PORT + 10))  # too little room to pick at random
+    assert len(set(ports)) == 3 and all(p > 0 for p in ports)
 
 
 def _sleeper(tmp_path, name="sleep"):
