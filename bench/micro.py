@@ -8,7 +8,11 @@
   and on 50-row batches (what one symbol gets per batch at ~2,000 ticks/s: the per-call cost);
 - frame: encode + decode one 1,000-event `score` batch frame (node.protocols.codec, per event);
 - evidence: ticks.batch_root (Merkle root) over 1,000 event ids, per id (the ledger rollups);
-- risk: node.analytics.risk.snapshot of one 250-price path.
+- risk: node.analytics.risk.snapshot of one 250-price path;
+- mqtt receive: MQTT 5 QoS 1 PUBLISH packets of simulated ticks, bytes -> on_message, through
+  paho's own Client, through node.mqtt_client.BufferedClient with its lean PUBLISH path off
+  (chunked reads only) and on (the iot bridge's client), side by side; the socket is an
+  in-memory stand-in handing out the bytes.
 
 Each figure is ops per CPU-second (time.process_time), the median of --repeat rounds; the
 wall-clock medians are in the JSON line too (on a shared box they mostly measure the neighbours).
@@ -29,10 +33,13 @@ if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(
     sys.path.pop(0)
 
 import numpy as np  # noqa: E402
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from node.analytics.detector import MarketDetector  # noqa: E402
 from node.analytics.risk import snapshot  # noqa: E402
 from node.market_events import Normaliser, parse  # noqa: E402
+from node.mqtt_client import BufferedClient  # noqa: E402
 from node.protocols.codec import decode_body, encode_frame  # noqa: E402
 from node.protocols.ticks import batch_root  # noqa: E402
 from node.routing import rank  # noqa: E402
@@ -128,6 +135,53 @@ def bench_risk(n: int, repeat: int, length: int = 250) -> float:
     return rounds(run, n, repeat)
 
 
+class _BytesSocket:
+    """Hands out prepared bytes like a non-blocking socket (recv, then BlockingIOError)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data, self._pos = memoryview(data), 0
+
+    def recv(self, size: int) -> bytes:
+        if self._pos >= len(self._data):
+            raise BlockingIOError
+        out = bytes(self._data[self._pos:self._pos + size])
+        self._pos += len(out)
+        return out
+
+    def pending(self) -> int:
+        return len(self._data) - self._pos
+
+    def close(self) -> None:
+        self._pos = len(self._data)
+
+
+def _publish_packet(topic: str, payload: bytes, mid: int) -> bytes:
+    body = len(topic).to_bytes(2, "big") + topic.encode() + mid.to_bytes(2, "big") + b"\0" + payload
+    length, rest = bytearray(), len(body)
+    while True:
+        rest, byte = rest >> 7, rest & 0x7F
+        length.append(byte | (0x80 if rest else 0))
+        if not rest:
+            return b"\x32" + bytes(length) + body
+
+
+def bench_mqtt_receive(n: int, repeat: int, client_class: type, lean: bool = True) -> float:
+    sim = MarketSim(seed=4, start_time_us=int(time.time() * 1e6))
+    data = b"".join(_publish_packet(t.topic, t.payload(), i % 65535 + 1) for i, t in enumerate(sim.ticks(n)))
+
+    def run() -> None:
+        client = client_class(CallbackAPIVersion.VERSION2, client_id="bench", protocol=mqtt.MQTTv5, manual_ack=True)
+        if not lean:
+            client.fast_path = False  # chunked reads only: the bridge's client before the lean path
+        got = []  # one payload length per message: keeping the messages would make this a GC benchmark
+        client.on_message = lambda _c, _u, m: got.append(len(m.payload))
+        client._sock = sock = _BytesSocket(data)  # what paho reads from once connected
+        while sock.pending() or getattr(client, "_rbuf", b""):
+            client.loop_read()
+        assert len(got) == n, (len(got), n)
+    return rounds(run, n, repeat, name=f"mqtt_receive_{client_class.__name__}{'' if lean else '_chunked_only'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeat", type=int, default=5, help="timed rounds per benchmark (median; default %(default)s)")
@@ -142,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
         "frame_events_per_s": bench_frame(args.n * 4, args.repeat),
         "evidence_ids_per_s": bench_evidence(args.n * 4, args.repeat),
         "risk_snapshot_ops_per_s": bench_risk(max(1, args.n // 20), args.repeat),
+        "mqtt_receive_paho_msgs_per_s": bench_mqtt_receive(args.n * 4, args.repeat, mqtt.Client),
+        "mqtt_receive_chunked_msgs_per_s": bench_mqtt_receive(args.n * 4, args.repeat, BufferedClient, lean=False),
+        "mqtt_receive_buffered_msgs_per_s": bench_mqtt_receive(args.n * 4, args.repeat, BufferedClient),
     }
     res["score_rows_per_s"] = res["score_batch_1000_ops_per_s"] * 1000
     print(f"{'function':<36} {'ops/CPU-s (median of ' + str(args.repeat) + ')':>26}  {'CPU us/op':>9}")
@@ -151,7 +208,10 @@ def main(argv: list[str] | None = None) -> int:
                         ("score_batch_50_ops_per_s", "score_batch (50 rows)"),
                         ("frame_events_per_s", "frame encode+decode (per event)"),
                         ("evidence_ids_per_s", "batch_root Merkle (per event id)"),
-                        ("risk_snapshot_ops_per_s", "risk.snapshot (250 prices)")):
+                        ("risk_snapshot_ops_per_s", "risk.snapshot (250 prices)"),
+                        ("mqtt_receive_paho_msgs_per_s", "mqtt receive, paho Client (per msg)"),
+                        ("mqtt_receive_chunked_msgs_per_s", "mqtt receive, chunked reads only"),
+                        ("mqtt_receive_buffered_msgs_per_s", "mqtt receive, BufferedClient")):
         print(f"{label:<36} {res[name]:>26,.1f}  {1e6 / res[name]:>9.1f}")
     print(f"{'  = scored rows per CPU-s':<36} {res['score_rows_per_s']:>26,.0f}")
     out = {k: round(v, 1) for k, v in res.items()}

@@ -27,11 +27,10 @@ from __future__ import annotations
 import logging
 import os
 import ssl
-import struct
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -44,6 +43,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from node.market_events import TOPIC_FILTER
+from node.mqtt_client import BufferedClient
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ PASSWORD_ENV = "QUANTIAN_MQTT_PASSWORD"
 UNSUPPORTED_PROTOCOL = 132  # CONNACK reason "Unsupported protocol version" (3.1.1 return code 1)
 Protocol = Literal["auto", "v5", "v311"]
 T = TypeVar("T")
-_PUBACK = struct.Struct("!BBH")  # fixed header (PUBACK, remaining length 2) + packet id
 
 
 class MqttError(Exception):
@@ -128,55 +127,12 @@ def parse_broker_url(
     )
 
 
-class _BufferedClient(mqtt.Client):
-    """paho reads each packet with several 1-byte recv calls and handles one packet per turn of
-    its network loop (a select per message). This client reads the socket in 64 KiB chunks and
-    handles every packet already received in the same turn: several times fewer system calls
-    and thread switches per message. Only paho's documented socket hooks are overridden."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._rbuf = bytearray()
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if not self._rbuf:
-            data = super()._sock_recv(65536)
-            if not data:
-                return data
-            self._rbuf += data
-        out = bytes(self._rbuf[:bufsize])
-        del self._rbuf[:bufsize]
-        return out
-
-    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
-        rc = super().loop_read(max_packets)
-        while rc == mqtt.MQTT_ERR_SUCCESS and self._rbuf:
-            left = len(self._rbuf)
-            rc = super().loop_read(1)
-            if len(self._rbuf) == left:
-                break
-        return rc
-
-    def reconnect(self) -> mqtt.MQTTErrorCode:
-        self._rbuf.clear()  # bytes of the previous connection
-        return super().reconnect()
-
-    def ack_many(self, mids: Sequence[int]) -> mqtt.MQTTErrorCode:
-        """PUBACK every QoS 1 message in ``mids`` with one queued write. paho's ``ack`` queues a
-        packet, writes a wake-up byte and makes a send() per message; these are the same bytes
-        (a PUBACK without reason code means success, in 3.1.1 and 5), sent as one packet."""
-        if not mids:
-            return mqtt.MQTT_ERR_SUCCESS
-        packet = b"".join([_PUBACK.pack(mqtt.PUBACK, 2, mid) for mid in mids])
-        return self._packet_queue(mqtt.PUBACK, packet, 0, 1)
-
-
 def make_client(
     address: BrokerAddress, *, client_id: str, protocol: int, manual_ack: bool = False, persistent: bool = False
 ) -> mqtt.Client:
     """A paho client (callback API v2) with TLS (verification on) and credentials configured."""
     clean_session = None if protocol == mqtt.MQTTv5 else not persistent
-    client = _BufferedClient(
+    client = BufferedClient(
         CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=protocol,
