@@ -5,10 +5,16 @@ ack loses nothing: unrouted events stay `pending` for each downstream kind (scor
 are sent again after a restart. The event id is the primary key, so duplicates (QoS 1
 redelivery, two bridges) are dropped durably, across restarts too. Blocking SQLite calls: run
 them in a worker thread. Delivered events older than the newest `keep_delivered` are pruned.
+
+The outbox reads events back within milliseconds of storing them, once per downstream kind, so
+the wire lists of the newest `recent_wires` events stay in memory and `pending` decodes the
+stored CBOR only for older ones (after a restart or an outage): py-spy put ~9 % of ingestion's
+GIL time in that decoding. The lists are shared, so callers must not modify them.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sqlite3
 import threading
@@ -40,9 +46,11 @@ CREATE INDEX IF NOT EXISTS events_symbol ON events(symbol, seq);
 
 
 class EventStore:
-    def __init__(self, data_dir: Path, *, keep_delivered: int = 200_000) -> None:
+    def __init__(self, data_dir: Path, *, keep_delivered: int = 200_000, recent_wires: int = 8_000) -> None:
         self.path = Path(data_dir) / STORE_FILE_NAME
         self._keep = keep_delivered
+        self._recent_cap = recent_wires
+        self._recent: dict[str, list[Any]] = {}  # event_id -> wire of the newest stored events
         self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
@@ -74,6 +82,8 @@ class EventStore:
                 "INSERT OR IGNORE INTO events(event_id, symbol, event_time_us, wire) VALUES (?,?,?,?)",
                 [(eid, sym, t, cbor2.dumps(wire)) for eid, sym, t, wire in rows])
             added = self._conn.total_changes - before
+        if added == len(rows):  # all new (a duplicate's stored wire may differ from the one given)
+            self._remember(rows)
         self._inserted_since_prune += added
         if self._inserted_since_prune > 10_000:
             try:
@@ -90,7 +100,18 @@ class EventStore:
             rows = self._conn.execute(
                 f"SELECT seq, event_id, symbol, wire FROM events WHERE {column} = 1 ORDER BY seq LIMIT ?",
                 (limit,)).fetchall()
-        return [(seq, eid, sym, cbor2.loads(wire)) for seq, eid, sym, wire in rows]
+        recent = self._recent
+        return [(seq, eid, sym, recent.get(eid) or cbor2.loads(wire)) for seq, eid, sym, wire in rows]
+
+    def _remember(self, rows: list[tuple[str, str, int, list[Any]]]) -> None:
+        recent = self._recent
+        with self._lock:
+            for eid, _sym, _t, wire in rows[-self._recent_cap:]:
+                recent[eid] = wire
+            excess = len(recent) - self._recent_cap
+            if excess > 0:  # oldest first: dicts keep insertion order
+                for eid in list(itertools.islice(recent, excess)):
+                    del recent[eid]
 
     def mark_delivered(self, kind: str, seqs: list[int]) -> None:
         """Clear `kind`'s pending flag. Committed without fsync: a mark lost in a power cut only

@@ -85,3 +85,26 @@ def test_marks_commit_without_fsync_but_adds_stay_fully_synced(tmp_path):
     store = EventStore(tmp_path)
     assert store.counts()["pending_score"] == 0  # the marks were committed
     store.close()
+
+
+def test_pending_hands_back_the_newest_wires_from_memory_and_older_ones_from_disk(tmp_path):
+    store = EventStore(tmp_path, recent_wires=3)
+    given = rows("w", 5)
+    assert store.add(given) == 5
+    out = store.pending("score", 10)
+    assert [w for *_, w in out] == [w for *_, w in given]  # same content either way
+    assert [w is g[3] for (*_, w), g in zip(out, given)] == [False, False, True, True, True]
+    store.close()
+    store = EventStore(tmp_path, recent_wires=3)  # after a restart everything comes from disk
+    out = store.pending("risk", 10)
+    assert [w for *_, w in out] == [w for *_, w in given]
+    assert not any(w is g[3] for (*_, w), g in zip(out, given))
+    store.close()
+
+
+def test_a_duplicate_never_replaces_the_stored_wire_in_memory(tmp_path):
+    store = EventStore(tmp_path)
+    assert store.add([("d0", "BTCUSD", 0, [0, "first"])]) == 1
+    assert store.add([("d0", "BTCUSD", 0, [0, "second"]), ("d1", "BTCUSD", 1, [1, "new"])]) == 1
+    assert [w for *_, w in store.pending("score", 10)] == [[0, "first"], [1, "new"]]
+    store.close()
