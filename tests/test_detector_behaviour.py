@@ -119,10 +119,13 @@ def test_invalid_config() -> None:
 def test_direct_forest_scores_equal_scikit_learns(max_features) -> None:
     from sklearn.ensemble import IsolationForest
 
-    from node.analytics.forest import score_samples
+    from node.analytics.forest import path_length_denominator, score_samples
 
     rng = np.random.default_rng(3)
     model = IsolationForest(n_estimators=16, max_samples=128, max_features=max_features,
                             random_state=4).fit(rng.normal(size=(500, 6)))
     for rows in (rng.normal(size=(1, 6)), rng.normal(size=(50, 6)), rng.normal(scale=5, size=(300, 6))):
-        np.testing.assert_allclose(score_samples(model, rows), model.score_samples(rows), rtol=0, atol=1e-12)
+        expected = model.score_samples(rows)
+        np.testing.assert_allclose(score_samples(model, rows), expected, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(score_samples(model, rows, path_length_denominator(model)), expected,
+                                   rtol=0, atol=1e-12)

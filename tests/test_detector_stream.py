@@ -134,3 +134,22 @@ def test_vector_calibrator_equals_one_per_column_in_any_chunking() -> None:
     np.testing.assert_array_equal(batch, columns)
     np.testing.assert_array_equal(batch, rows)
     assert (batch[100:] < 0).any()  # it did calibrate something
+
+
+@pytest.mark.parametrize("shape", [(257,), (257, 3)])
+def test_ew_mean_runs_the_same_filter_as_scipy_lfilter(shape) -> None:
+    """EWMean calls SciPy's C filter directly (node/analytics/ewstats.py): its rows must be
+    bit-for-bit lfilter's over the whole series, whatever the chunking."""
+    from scipy.signal import lfilter
+
+    from node.analytics.ewstats import EWMean
+
+    x = np.random.default_rng(11).normal(3.0, 2.0, size=shape)
+    alpha = 2.0 / 9
+    expected = lfilter([alpha], [1.0, alpha - 1.0], x, axis=0)
+    expected /= -np.expm1(np.arange(1, len(x) + 1) * np.log1p(-alpha)).reshape((-1,) + (1,) * (x.ndim - 1))
+    for cuts in ([], [1, 2, 3, 50, 51, 200]):
+        ew = EWMean(alpha)
+        got = np.concatenate([ew.update(x[a:b]) for a, b in zip([0, *cuts], [*cuts, len(x)])])
+        np.testing.assert_array_equal(got, expected)
+    assert EWMean(alpha).update(x[:0]).shape == x[:0].shape

@@ -16,14 +16,21 @@ from sklearn.ensemble import IsolationForest
 from sklearn.ensemble._iforest import _average_path_length
 
 
-def score_samples(model: IsolationForest, rows: np.ndarray) -> np.ndarray:
+def path_length_denominator(model: IsolationForest) -> float:
+    """The normaliser of `score_samples`: trees x average path length at max_samples. Worth
+    computing once per fit: sklearn's `_average_path_length` validates its input (~120 µs a call)."""
+    return float(len(model.estimators_) * _average_path_length([model._max_samples])[0])
+
+
+def score_samples(model: IsolationForest, rows: np.ndarray, denominator: float | None = None) -> np.ndarray:
     """Exactly `model.score_samples(rows)`, without its per-call overhead.
 
     scikit-learn scores through joblib, one task per tree: ~1.5 ms per call whatever the row
     count, paid per symbol per batch by the anomaly role (bench/micro.py). This walks the same
     trees with `tree_.apply` and the same path-length tables (the formula of sklearn's
-    `_compute_score_samples`): ~135 µs for 50 rows. tests/test_detector_behaviour.py checks it
-    equals sklearn's own scores, so an upgrade that changes the internals fails loudly."""
+    `_compute_score_samples`): ~100 µs for 50 rows given `denominator` (path_length_denominator).
+    tests/test_detector_behaviour.py checks it equals sklearn's own scores, so an upgrade that
+    changes the internals fails loudly."""
     x = np.ascontiguousarray(rows, dtype=np.float32)
     subsample = model._max_features != x.shape[1]
     depths = np.zeros(len(x))
@@ -32,7 +39,8 @@ def score_samples(model: IsolationForest, rows: np.ndarray) -> np.ndarray:
             model._average_path_length_per_tree):
         leaves = tree.tree_.apply(x[:, features] if subsample else x)
         depths += path_lengths[leaves] + average_lengths[leaves] - 1.0
-    denominator = len(model.estimators_) * _average_path_length([model._max_samples])
+    if denominator is None:
+        denominator = path_length_denominator(model)
     return -np.power(2.0, -np.divide(depths, denominator, out=np.ones_like(depths), where=denominator != 0))
 
 
@@ -53,6 +61,7 @@ class ScheduledForest:
         self._ring = np.zeros((window, n_features))
         self._n = 0  # rows seen
         self._model: IsolationForest | None = None
+        self._denominator = 0.0
 
     def _fit(self) -> None:
         w = len(self._ring)
@@ -60,6 +69,7 @@ class ScheduledForest:
         params = {**self._params, "max_samples": min(self._params["max_samples"], len(idx))}  # early fits
         self._model = IsolationForest(random_state=self._seed + self._n // self._every,
                                       **params).fit(self._ring[idx])
+        self._denominator = path_length_denominator(self._model)
 
     def update(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(raw score, valid) per row: raw = -score_samples, higher = stranger."""
@@ -74,7 +84,7 @@ class ScheduledForest:
             boundary = min([f for f in self._first if f > t] + [t - t % self._every + self._every])
             stop = min(n_rows, start + boundary - t)
             if self._model is not None:
-                raw[start:stop] = -score_samples(self._model, feats[start:stop])
+                raw[start:stop] = -score_samples(self._model, feats[start:stop], self._denominator)
                 valid[start:stop] = True
             w = len(self._ring)
             keep = max(start, stop - w)  # rows older than the ring never matter
