@@ -9,7 +9,7 @@ import pytest
 from node.analytics import risk as rm
 from node.errors import ConfigError
 from node.protocols import ticks
-from node.roles.risk import RiskRole
+from node.roles.risk import BarSeries, RiskRole
 from test_anomaly_role import batches, fake_ctx, make_events, random_walk
 
 PERIODS_1S = rm.periods_per_year(1.0, session_seconds=86400, sessions_per_year=365)
@@ -61,15 +61,51 @@ async def test_portfolio_covers_only_the_symbols_held_here():
     assert port["ann_vol"] == pytest.approx(rm.snapshot(bars_of(btc), periods=PERIODS_1S)["ann_vol"])
 
 
-async def test_bars_follow_the_configured_interval_and_late_ticks_are_dropped():
-    role = RiskRole(fake_ctx({"risk": {"bar_s": 60.0, "session_s": 23400, "sessions_per_year": 252}}))
+async def test_bars_follow_the_configured_interval_and_only_ticks_older_than_every_kept_bar_are_late():
+    role = RiskRole(fake_ctx({"risk": {"bar_s": 60.0, "session_s": 23400, "sessions_per_year": 252, "max_bars": 3}}))
     assert role.periods == pytest.approx(252 * 390)  # one-minute bars of an equity session
     events = make_events("SPY", *random_walk(300, seed=10), step_us=1_000_000)
     await feed(role, events)
-    late = make_events("SPY", [100.0], [1.0], tag="late")  # event time of the very first tick
-    assert await role.on_batch("ingestion", batches("risk", late)[0]) == {"applied": 0, "duplicates": 0, "late": 1}
     times = np.array([e.event_time_us / 1e6 for e in events])
-    assert role._series["SPY"].closes().tolist() == rm.bar_closes(times, np.array([e.price for e in events]), 60.0)[1].tolist()
+    expected = rm.bar_closes(times, np.array([e.price for e in events]), 60.0)[1][-3:].tolist()
+    assert role._series["SPY"].closes().tolist() == expected
+    late = make_events("SPY", [100.0], [1.0], tag="late")  # event time of the very first tick: bar 0 is gone
+    assert await role.on_batch("ingestion", batches("risk", late)[0]) == {"applied": 0, "duplicates": 0, "late": 1}
+    assert role._series["SPY"].closes().tolist() == expected
+
+
+async def test_any_arrival_order_builds_the_same_bars():
+    """Two iot bridges sharing the subscription interleave a symbol's ticks: a tick may arrive
+    after a newer bar opened. It still counts (applied, not late), and the bars equal in-order ones."""
+    events = make_events("BTCUSD", *random_walk(2000, seed=12), step_us=7_000)  # ~140 ticks per 1 s bar
+    in_order = RiskRole(fake_ctx())
+    await feed(in_order, sorted(events, key=lambda e: (e.event_time_us, e.event_id)))
+    rng = np.random.default_rng(13)
+    # two bridges' 100 ms batches: each tick ends up in one of them, the batches arrive interleaved
+    sides = rng.integers(0, 2, len(events))
+    halves = [[e for e, side in zip(events, sides) if side == b] for b in (0, 1)]
+    interleaved = [e for pair in zip(halves[0][::-1], halves[1]) for e in pair]  # one half newest first
+    interleaved += halves[0][::-1][len(halves[1]):] + halves[1][len(halves[0]):]
+    shuffled = RiskRole(fake_ctx())
+    acks = await feed(shuffled, interleaved)
+    assert sum(a["applied"] for a in acks) == len(events) and sum(a["late"] for a in acks) == 0
+    assert shuffled._series["BTCUSD"].bars == in_order._series["BTCUSD"].bars
+    assert len(in_order._series["BTCUSD"].bars) == 14
+    assert interleaved != events  # the test is not vacuous: the arrival order differs
+
+
+def test_a_tie_on_event_time_closes_the_bar_with_the_larger_event_id_in_either_order():
+    for ticks_in in ([(5_000_000, 101.0, "b"), (5_000_000, 99.0, "a")], [(5_000_000, 99.0, "a"), (5_000_000, 101.0, "b")]):
+        series = BarSeries(1.0, 10)
+        assert all(series.add(t, p, i) for t, p, i in ticks_in)
+        assert series.bars == [(5, 101.0)]
+    series = BarSeries(1.0, 10)  # without ids, as in order: the later arrival
+    series.add(5_000_000, 101.0)
+    series.add(5_000_000, 99.0)
+    assert series.bars == [(5, 99.0)]
+    series.add(3_000_000, 98.0)  # an older bar still free to fill: inserted in place
+    series.add(4_000_000, 97.0)
+    assert series.bars == [(3, 98.0), (4, 97.0), (5, 99.0)]
 
 
 async def test_too_few_bars_say_so():

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from bisect import bisect_left
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -64,25 +65,48 @@ def risk_settings(given: dict[str, Any]) -> dict[str, float]:
 
 
 class BarSeries:
-    """Closes of the most recent `max_bars` non-empty bars: (bar index, last price in it)."""
+    """Closes of the most recent `max_bars` non-empty bars: (bar index, last price in it).
+
+    Why order does not matter: ticks of one symbol reach this node in event-time order only while
+    one iot bridge carries them. Bridges sharing the MQTT subscription (and redelivery after a
+    crash) interleave them, so a tick may arrive after a newer bar has opened. Each bar keeps the
+    event time (and id, for ties) of its close, so any arrival order of the same ticks builds the
+    same bars; only a tick older than every bar kept, with all `max_bars` in use, is late."""
 
     def __init__(self, bar_s: float, max_bars: int) -> None:
         self.bar_s = bar_s
-        self.bars: deque[tuple[int, float]] = deque(maxlen=max_bars)
+        self.max_bars = max_bars
+        self._keys: list[int] = []  # bar indices, ascending
+        self._closes: list[tuple[int, str, float]] = []  # per bar: (event time, event id, price) of its close
 
-    def add(self, event_time_us: int, price: float) -> bool:
-        """Apply one tick; False when it falls in a bar before the newest (late, ignored)."""
+    def add(self, event_time_us: int, price: float, event_id: str = "") -> bool:
+        """Apply one tick; False when it falls before every bar kept and none is free (late, ignored)."""
         k = math.floor(event_time_us / 1e6 / self.bar_s)
-        if self.bars and k < self.bars[-1][0]:
-            return False
-        if self.bars and k == self.bars[-1][0]:
-            self.bars[-1] = (k, price)
+        close = (event_time_us, event_id, price)
+        keys = self._keys
+        if not keys or k > keys[-1]:  # the common case: a tick opens the next bar
+            keys.append(k)
+            self._closes.append(close)
         else:
-            self.bars.append((k, price))
+            i = bisect_left(keys, k)
+            if i < len(keys) and keys[i] == k:
+                if close[:2] >= self._closes[i][:2]:  # ties on both: the later arrival, as in order
+                    self._closes[i] = close
+                return True
+            if i == 0 and len(keys) >= self.max_bars:
+                return False
+            keys.insert(i, k)
+            self._closes.insert(i, close)
+        if len(keys) > self.max_bars:
+            del keys[0], self._closes[0]
         return True
 
+    @property
+    def bars(self) -> list[tuple[int, float]]:
+        return [(k, c[2]) for k, c in zip(self._keys, self._closes)]
+
     def closes(self) -> np.ndarray:
-        return np.array([p for _, p in self.bars], dtype=float)
+        return np.array([c[2] for c in self._closes], dtype=float)
 
 
 def series_figures(closes: np.ndarray, periods: float, horizon: int) -> dict[str, Any]:
@@ -180,7 +204,7 @@ class RiskRole(Role):
         if len(self._series) > int(self.settings["max_symbols"]):
             self._series.popitem(last=False)
             self.counts["symbols_evicted"] += 1
-        return series.add(event.event_time_us, event.price)
+        return series.add(event.event_time_us, event.price, event.event_id)
 
     # --- snapshots ---------------------------------------------------------------------------
 
