@@ -2,15 +2,17 @@
 
     .venv/bin/python bench/pipeline.py [--rates 500,1000,2000,5000,10000] [--count 10000]
                                        [--broker auto|mosquitto|embedded] [--dir DIR] [--quick]
-                                       [--heartbeat SECONDS]
+                                       [--heartbeat SECONDS] [--iot-bridges N]
 
 Starts a fresh 6-node testnet (`quantian-testnet up --no-sim`, Mosquitto when present, else the
 embedded broker), then for each rate publishes --count simulated ticks with `quantian-sim`
 (QoS 1, ceil(rate / 2,000) publisher connections) and follows them through the real pipeline
 (broker -> iot-1 -> ingestion-1 -> anomaly-1 / risk-1) by polling the nodes' `status` over the
-operator control channel. Per rate it reports:
+operator control channel. --iot-bridges N adds N - 1 more iot nodes first: the bridges share the
+MQTT subscription, so the broker splits the stream between them. Per rate it reports:
 
-- published (PUBACKed by the broker), accepted (iot-1 valid), ingested, scored, stored, risk applied;
+- published (PUBACKed by the broker), accepted (valid at the iot nodes, also per bridge),
+  ingested, scored, stored, risk applied;
 - sustained throughput = scored / (time the last tick was seen scored - first publish);
 - publish->scored latency median / p99 (see "Latency" below);
 - CPU per tick per node (utime+stime from /proc/PID/stat, nodes only) and for the network, also
@@ -147,14 +149,30 @@ class Net:
                         "--timeout", str(timeout), timeout=timeout + 60)
         if proc.returncode != 0:
             raise RuntimeError(f"quantian-testnet up exited {proc.returncode}: {proc.stderr[-2000:]}")
-        self.state = json.loads((self.dir / "testnet.json").read_text())
-        for node in self.state["nodes"]:
-            listen = json.loads((Path(node["data_dir"]) / "node.json").read_text())["listen"]
-            self.addrs[node["name"]] = listen[0] if isinstance(listen, list) else listen
+        self._load_state()
         from node.control_client import ControlClient, OperatorCredentials
         self.control = ControlClient(OperatorCredentials.load(self.dir / "operator"))
         self.control.__enter__()
         return time.monotonic() - start
+
+    def _load_state(self) -> None:
+        self.state = json.loads((self.dir / "testnet.json").read_text())
+        for node in self.state["nodes"]:
+            listen = json.loads((Path(node["data_dir"]) / "node.json").read_text())["listen"]
+            self.addrs[node["name"]] = listen[0] if isinstance(listen, list) else listen
+
+    def add(self, role: str, timeout: float) -> str:
+        """One more node of `role` (`quantian-testnet add`, which waits until it has joined)."""
+        proc = self.cli("add", role, "--timeout", str(timeout), timeout=timeout + 60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"quantian-testnet add {role} exited {proc.returncode}: {proc.stderr[-2000:]}")
+        self._load_state()
+        return proc.stdout.strip().splitlines()[-1]
+
+    @property
+    def bridges(self) -> list[str]:
+        """The iot nodes: every one subscribes to the market topics (a shared subscription)."""
+        return [n["name"] for n in self.nodes if n["name"].startswith("iot-")]
 
     def down(self) -> None:
         if self.control is not None:
@@ -181,9 +199,11 @@ class Net:
 
     def counters(self) -> dict[str, int]:
         ing = self.role("ingestion-1", "ingestion")
-        iot = self.role("iot-1", "iot")
+        iots = {name: self.role(name, "iot") for name in self.bridges}
         ano = self.role("anomaly-1", "anomaly")
-        return {"accepted": iot["valid"], "delivery_retries": iot.get("delivery_retries", 0),
+        return {"accepted": sum(i["valid"] for i in iots.values()),
+                **{f"accepted:{name}": i["valid"] for name, i in iots.items()},
+                "delivery_retries": sum(i.get("delivery_retries", 0) for i in iots.values()),
                 "routing_failures": ing.get("routing_failures", 0), "score_duplicates": ano.get("duplicates", 0),
                 "received": ing["received"], "ingested": ing["ingested"],
                 "duplicates": ing["duplicates"], "stored": ing["stored"],
@@ -328,6 +348,7 @@ def run_rate(net: Net, rate: float, count: int, seed: int, args) -> dict:
         "rate": rate, "count": count, "publishers": publishers,
         "published": published, "publish_rate": summary.get("rate"), "publish_failed": summary.get("failed"),
         "accepted": d["accepted"], "ingested": d["ingested"], "duplicates": d["duplicates"],
+        "accepted_by_bridge": {k.split(":", 1)[1]: v for k, v in d.items() if k.startswith("accepted:")},
         "scored": d["scored"], "stored": d["stored"], "risk_applied": d["risk_applied"],
         "pending_after": after["pending"], "delivery_retries": d["delivery_retries"],
         "routing_failures": d["routing_failures"], "score_duplicates": d["score_duplicates"],
@@ -405,7 +426,8 @@ def print_memory(memory: dict, out=sys.stdout) -> None:
 
 
 def short(name: str) -> str:
-    return {"bootstrap-1": "bs1", "bootstrap-2": "bs2", "ingestion-1": "ing", "anomaly-1": "ano"}.get(name, name[:4])
+    return {"bootstrap-1": "bs1", "bootstrap-2": "bs2", "ingestion-1": "ing", "anomaly-1": "ano",
+            "iot-1": "iot", "risk-1": "risk"}.get(name, name.replace("-", "")[:6])
 
 
 def print_table(rows: list[dict], out=sys.stdout) -> None:
@@ -418,6 +440,10 @@ def print_table(rows: list[dict], out=sys.stdout) -> None:
               f"{r['latency_ms_p99'] or float('nan'):>7.0f} {r['network_cpu_us_per_tick']:>8.0f} "
               f"{r.get('network_cpu_us_per_tick_above_idle', float('nan')):>6.0f} "
               f"{r['ledger_bytes_per_tick']:>7.0f} {'yes' if r['sustained'] else 'no':>3}", file=out)
+    if rows and len(rows[0].get("accepted_by_bridge", {})) > 1:
+        print("\nAccepted per iot bridge (the broker's split of the shared subscription):", file=out)
+        for r in rows:
+            print(f"{r['rate']:>7g} " + " ".join(f"{n}={v}" for n, v in r["accepted_by_bridge"].items()), file=out)
     if rows:
         names = list(rows[0]["cpu_us_per_tick"])
         print("\nCPU us per tick per node / peak RSS MB:", file=out)
@@ -448,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="node heartbeat in seconds (default: the node's own, as users run it). Every node "
                         "gossips an advert per heartbeat, so the idle network's CPU grows as it shrinks "
                         "(measured: ~0.05 cores at 5 s, ~0.11-0.15 at 2 s)")
+    p.add_argument("--iot-bridges", type=int, default=1,
+                   help="iot nodes sharing the MQTT subscription ($share/quantian/..., MQTT 5): the extra "
+                        "ones join with `quantian-testnet add iot` before the warm-up (default %(default)s)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--memory-ticks", type=int, default=0,
                    help="after the rates, this many more ticks at --memory-rate while every node's RSS is "
@@ -461,6 +490,8 @@ def main(argv: list[str] | None = None) -> int:
         args.warmup, args.settle = min(args.warmup, 500), min(args.settle, 3.0)
     if not rates or count < 1 or any(r <= 0 for r in rates):
         p.error("--rates must be positive numbers and --count >= 1")
+    if args.iot_bridges < 1:
+        p.error("--iot-bridges must be >= 1")
     if args.memory_ticks < 0 or args.memory_rate <= 0:
         p.error("--memory-ticks must be >= 0 and --memory-rate > 0")
 
@@ -477,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"starting testnet in {directory} (broker {args.broker})")
         up_s = net.up(args.up_timeout)
         log(f"testnet up in {up_s:.1f} s, broker {net.state['broker'].get('kind')} {net.url}")
+        for _ in range(args.iot_bridges - 1):
+            log(f"added {net.add('iot', args.up_timeout)} (bridges: {', '.join(net.bridges)})")
         if args.warmup:
             # detectors, routing tables and ledger chains start cold; the start-up CPU (mesh,
             # first ledger passes) settles too: neither belongs to the first rate's figures
@@ -535,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_rss_mb": round(max(rss), 1) if rss else None,
         "broker": net.state.get("broker", {}).get("kind"),
         "heartbeat_s": args.heartbeat or NodeConfig.heartbeat_s,
+        "iot_bridges": args.iot_bridges,
         "testnet_up_s": round(up_s, 1) if up_s is not None else None,
         "idle_network_cpu_cores": round(idle_cores, 3) if idle_cores is not None else None,
         "wall_s": round(time.monotonic() - started, 1),
