@@ -208,7 +208,8 @@ class Net:
                 "received": ing["received"], "ingested": ing["ingested"],
                 "duplicates": ing["duplicates"], "stored": ing["stored"],
                 "pending": ing["pending_score"] + ing["pending_risk"],
-                "scored": ano["scored"],
+                "scored": ano["scored"], "alerts": ano["alerts"],
+                "reorder_hold_releases": ing.get("reorder_hold_releases", 0),
                 "risk_applied": self.role("risk-1", "risk")["applied"]}
 
     def resources(self) -> dict:
@@ -352,6 +353,7 @@ def run_rate(net: Net, rate: float, count: int, seed: int, args) -> dict:
         "scored": d["scored"], "stored": d["stored"], "risk_applied": d["risk_applied"],
         "pending_after": after["pending"], "delivery_retries": d["delivery_retries"],
         "routing_failures": d["routing_failures"], "score_duplicates": d["score_duplicates"],
+        "alerts": d["alerts"], "reorder_hold_releases": d["reorder_hold_releases"],
         "throughput_ticks_per_s": round(throughput, 1), "elapsed_s": round(elapsed, 2), "drained": drained,
         "latency_ms_median": round(statistics.median(lat), 1) if lat else None,
         "latency_ms_p99": round(p99, 1) if p99 is not None else None, "latency_samples": len(lat),

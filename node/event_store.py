@@ -57,6 +57,8 @@ class EventStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SCHEMA)
+            #: seq of the newest stored event (ingestion tells from it which rows a batch added)
+            self.last_seq: int = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
         self._inserted_since_prune = 0
 
     def close(self) -> None:
@@ -82,6 +84,8 @@ class EventStore:
                 "INSERT OR IGNORE INTO events(event_id, symbol, event_time_us, wire) VALUES (?,?,?,?)",
                 [(eid, sym, t, cbor2.dumps(wire)) for eid, sym, t, wire in rows])
             added = self._conn.total_changes - before
+            if added:
+                self.last_seq = self._conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
         if added == len(rows):  # all new (a duplicate's stored wire may differ from the one given)
             self._remember(rows)
         self._inserted_since_prune += added
@@ -93,15 +97,15 @@ class EventStore:
                 log.warning("cannot prune delivered events yet: %s", exc)
         return added
 
-    def pending(self, kind: str, limit: int) -> list[tuple[int, str, str, list[Any]]]:
-        """Oldest undelivered events for `kind`: (seq, event_id, symbol, wire)."""
+    def pending(self, kind: str, limit: int) -> list[tuple[int, str, str, int, list[Any]]]:
+        """Oldest undelivered events for `kind`: (seq, event_id, symbol, event_time_us, wire)."""
         column = _column(kind)
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT seq, event_id, symbol, wire FROM events WHERE {column} = 1 ORDER BY seq LIMIT ?",
+                f"SELECT seq, event_id, symbol, event_time_us, wire FROM events WHERE {column} = 1 ORDER BY seq LIMIT ?",
                 (limit,)).fetchall()
         recent = self._recent
-        return [(seq, eid, sym, recent.get(eid) or cbor2.loads(wire)) for seq, eid, sym, wire in rows]
+        return [(seq, eid, sym, t, recent.get(eid) or cbor2.loads(wire)) for seq, eid, sym, t, wire in rows]
 
     def _remember(self, rows: list[tuple[str, str, int, list[Any]]]) -> None:
         recent = self._recent

@@ -70,3 +70,74 @@ async def test_ingested_ticks_are_scored_and_sampled_once(network_dir):
         latest = await eventually(both_symbols, "a snapshot of both symbols' bars on the ingestion node")
         assert latest["symbols"]["BTCUSD"]["computed_by"] == pipeline.peer_id
         nursery.cancel_scope.cancel()
+
+
+async def test_batches_of_two_bridges_interleaved_in_event_time_reach_the_detector_in_order(network_dir, monkeypatch):
+    """Bridge A's batch of a moment is stored before bridge B's of the same moment: the forwarder
+    holds A's events newer than B's newest (the watermark) until B's batch lands, then sends
+    both, merged in event-time order. Without the watermark A's events would go out first and the
+    detector would see B's older ones after them."""
+    import node.roles.ingestion as ingestion_module
+
+    # A's ticks must still be held when B's batch lands, on a loaded box too
+    from node.watermark import Watermark
+
+    monkeypatch.setattr(ingestion_module, "REORDER_MAX_HOLD_S", 3.0)
+    base, authority = network_dir
+    boot = Node(config(base, authority, "boot", ["bootstrap", "ingestion"]))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(boot.run)
+        pipeline = Node(config(base, authority, "pipeline", ["anomaly"], bootstrap=[boot.announce_addrs()[0]]))
+        await nursery.start(pipeline.run)
+
+        async def pipeline_seen():
+            return boot.peers.providers("detect_anomalies")
+
+        await eventually(pipeline_seen, "the ingestion node sees the anomaly node")
+        anomaly, ing = role(pipeline, "anomaly"), role(boot, "ingestion")
+        ing.watermark = Watermark(active_s=10.0)  # a bridge stays "active" across the test's steps
+        received: list[int] = []  # event times in the order the anomaly role got them
+        original = anomaly.on_batch
+
+        async def recording(sender, batch):
+            received.extend(item[8] for item in batch.items)  # MarketEvent wire: event_time_us
+            return await original(sender, batch)
+
+        anomaly.ctx.services["batch_handlers"][ticks.KIND_SCORE] = recording
+        start_us = int(time.time() * 1e6) - 1_000_000_000
+        prices, volumes = random_walk(302, seed=3)
+        stream = make_ticks("BTCUSD", prices, volumes, start_us)  # 1 s apart
+        ingest = ing.on_batch
+
+        async def send(sender: str, items: list[Tick]) -> None:
+            ack = await ingest(sender, ticks.new_batch("ingest", [ticks.tick_to_wire(t) for t in items],
+                                                       [t.event_id for t in items]))
+            assert ack["accepted"] == len(items)
+
+        async def scored(n: int):
+            return anomaly.status()["scored"] >= n
+
+        # both bridges known before their batches interleave: B sends tick 0, then A tick 1 (which
+        # waits for B until the hold bound: nothing newer from B comes)
+        await send("bridge-b", stream[:1])
+        await eventually(lambda: scored(1), "tick 0 scored")
+        await send("bridge-a", stream[1:2])
+        await eventually(lambda: scored(2), "tick 1 scored")
+        for lo in (2, 102, 202):  # A's half of a moment first, B's half of the same moment after it
+            a, b = stream[lo:lo + 100:2], stream[lo + 1:lo + 100:2]
+            await send("bridge-a", a)
+
+            async def a_held(a=a):  # the forwarder has looked and holds A's ticks newer than B's newest
+                return ing.counts["held_back"] == len(a)
+
+            await eventually(a_held, "bridge A's newer ticks held for the watermark")
+            await send("bridge-b", b)
+            await eventually(lambda lo=lo: scored(lo + 99), "both halves scored")
+        await eventually(lambda: scored(302), "the stream's last tick scored (the hold bound)")
+        steps = [(i, (b - a) // 1_000_000) for i, (a, b) in enumerate(zip(received, received[1:])) if b < a]
+        assert received == sorted(received) and len(received) == 302, steps
+        assert anomaly.status()["duplicates"] == 0
+        # ticks 1 and 301 (the newest of a burst: nothing newer came from the other bridge) went out
+        # on the hold bound
+        assert ing.counts["reorder_hold_releases"] == 2
+        nursery.cancel_scope.cancel()

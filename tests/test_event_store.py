@@ -24,7 +24,7 @@ def test_duplicates_are_dropped_across_a_restart_and_the_outbox_survives_it(tmp_
     assert store.add(rows("a", 120)) == 20  # the first 100 are known, durably
     assert store.known(["a0", "a119", "zz"]) == {"a0", "a119"}
     assert store.counts() == {"stored": 120, "pending_score": 80, "pending_risk": 120, "symbols": 1}
-    assert [eid for _, eid, _, _ in store.pending("score", 3)] == ["a40", "a41", "a42"]
+    assert [eid for _, eid, *_ in store.pending("score", 3)] == ["a40", "a41", "a42"]
     store.close()
 
 

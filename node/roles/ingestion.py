@@ -7,12 +7,19 @@ the next-ranked), mark them delivered on ack, and record `batch_routed` — or `
 once per outage while the events wait for redelivery. Nothing accepted is dropped.
 `market_batch_ingested` and `batch_routed` are rolled up (node/rollup.py): one record per peer
 (and kind) per second, not one per batch.
+
+Several iot bridges sharing the MQTT subscription interleave each symbol's ticks, so the
+forwarders send events in event-time order up to the bridges' watermark (node/watermark.py): an
+event newer than it waits until the lagging bridge's batch arrives, at most REORDER_MAX_HOLD_S.
+With one bridge nothing waits.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import time
+from collections import deque
 from typing import Any
 
 import trio
@@ -23,6 +30,7 @@ from node.protocols import ticks
 from node.protocols.control import CommandError
 from node.roles.base import Role
 from node.rollup import Rollup
+from node.watermark import Watermark
 
 log = logging.getLogger("quantian.ingestion")
 
@@ -30,6 +38,11 @@ FORWARD_BATCH = 2000
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
 DOWNSTREAM = {"score": "detect_anomalies", "risk": "compute_risk"}
+# How long an event may wait for the watermark: bridges gather batches for 100 ms (node/roles/iot.py),
+# so a second bridge's ticks of the same moment arrive within ~150 ms; past this bound an event goes
+# out anyway, counted in `reorder_hold_releases`: the newest ticks of a burst (no bridge has sent
+# anything newer yet), or a bridge whose stream lags (then the detector may see a step back in time).
+REORDER_MAX_HOLD_S = 0.5
 
 
 class IngestionRole(Role):
@@ -43,7 +56,11 @@ class IngestionRole(Role):
         self._lock = trio.Lock()
         self._wake = {kind: trio.Event() for kind in DOWNSTREAM}
         self.counts = {"batches": 0, "received": 0, "ingested": 0, "duplicates": 0,
-                       "routed_score": 0, "routed_risk": 0, "routing_failures": 0, "store_failures": 0}
+                       "routed_score": 0, "routed_risk": 0, "routing_failures": 0, "store_failures": 0,
+                       "reorder_hold_releases": 0, "held_back": 0}
+        self.watermark = Watermark()
+        self._arrivals: deque[tuple[float, int]] = deque()  # (monotonic, newest seq) per stored batch
+        self._aged_seq = 0  # events up to this seq were stored REORDER_MAX_HOLD_S ago or more
         self._outage: dict[str, bool] = {kind: False for kind in DOWNSTREAM}
         record, me = ctx.services["ledger"].record_soon, ctx.identity.peer_id
         self.ingested_records = Rollup(record, "market_batch_ingested", me)
@@ -53,6 +70,7 @@ class IngestionRole(Role):
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         self.store = await trio.to_thread.run_sync(EventStore, self.ctx.config.data_dir)
+        self._aged_seq = self.store.last_seq  # stored before this start: nothing to wait for
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.ingested_records.run)
@@ -81,6 +99,10 @@ class IngestionRole(Role):
                     fresh.append(self._normaliser.derive(tick))
                 rows = [(e.event_id, e.symbol, e.event_time_us, e.to_wire()) for e in fresh]
                 added = await trio.to_thread.run_sync(self.store.add, rows) if rows else 0
+                if added:
+                    self._arrivals.append((time.monotonic(), self.store.last_seq))
+                if decoded:
+                    self.watermark.observe(sender, max(t.event_time_us for t in decoded))
             except sqlite3.Error as exc:  # disk full, I/O error: nothing committed, the sender keeps it
                 self.counts["store_failures"] += 1
                 self._normaliser = Normaliser()  # derived state may have advanced past what was stored
@@ -130,8 +152,13 @@ class IngestionRole(Role):
         if not pending:
             await self._wake[kind].wait()
             return BACKOFF_MIN_S  # everything was delivered: a later outage starts from the minimum
+        pending, wait_s = self._in_order(kind, pending)
+        if not pending:  # all newer than the watermark: until the next batch or the hold bound
+            with trio.move_on_after(wait_s):
+                await self._wake[kind].wait()
+            return backoff
         result = await self.ctx.services["dispatcher"].deliver_grouped(
-            capability, kind, pending, key=lambda r: r[2], wire=lambda r: r[3], item_id=lambda r: r[1])
+            capability, kind, pending, key=lambda r: r[2], wire=lambda r: r[4], item_id=lambda r: r[1])
         for peer, rows, batch in result.delivered:
             await trio.to_thread.run_sync(self.store.mark_delivered, kind, [r[0] for r in rows])
             self.counts[f"routed_{kind}"] += len(rows)
@@ -151,6 +178,25 @@ class IngestionRole(Role):
             log.warning("cannot route %d %s events yet: %s", len(result.undelivered), kind, reason)
         await trio.sleep(backoff)  # waiting for a peer to (re)appear: elapsed time is the point
         return min(BACKOFF_MAX_S, backoff * 2)
+
+    def _in_order(self, kind: str, pending: list[tuple]) -> tuple[list[tuple], float]:
+        """The pending rows that may go out now, in event-time order: at or before the watermark,
+        or stored REORDER_MAX_HOLD_S ago; and the seconds until the oldest held row's bound."""
+        now = time.monotonic()
+        while self._arrivals and self._arrivals[0][0] <= now - REORDER_MAX_HOLD_S:
+            self._aged_seq = self._arrivals.popleft()[1]
+        mark = self.watermark.value()
+        if mark is None:  # no bridge heard from lately: nothing more is coming to wait for
+            ready = list(pending)
+        else:
+            ready = [r for r in pending if r[3] <= mark or r[0] <= self._aged_seq]
+            if kind == "score":  # the detector is the consumer that order matters to
+                self.counts["reorder_hold_releases"] += sum(1 for r in ready if r[3] > mark)
+        if kind == "score":  # a gauge: events waiting for the watermark at the last look
+            self.counts["held_back"] = len(pending) - len(ready)
+        ready.sort(key=lambda r: r[3])  # stable: arrival order breaks ties
+        wait_s = self._arrivals[0][0] + REORDER_MAX_HOLD_S - now if self._arrivals else REORDER_MAX_HOLD_S
+        return ready, max(wait_s, 0.001)
 
     # --- commands ----------------------------------------------------------------------------
 
