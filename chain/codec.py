@@ -68,12 +68,18 @@ def check_plain(value: Any, what: str, depth: int = 0) -> None:
 _domain_hashers: dict[str, Any] = {}  # domain -> sha256 state over its tag (a handful of domains)
 
 
-def digest(domain: str, data: bytes) -> bytes:
-    """SHA-256 over domain-tagged bytes: a hash for one purpose never collides with another.
-    The tag's hash state is computed once per domain and copied (Merkle trees hash ~3 times per tick)."""
+def domain_hasher(domain: str) -> Any:
+    """The SHA-256 state over `domain`'s tag: `copy()` it and `update` the data (what `digest`
+    does), for loops that hash many values under one domain (chain.merkle)."""
     state = _domain_hashers.get(domain)
     if state is None:
         state = _domain_hashers[domain] = hashlib.sha256(tagged(domain, b""))
-    h = state.copy()
+    return state
+
+
+def digest(domain: str, data: bytes) -> bytes:
+    """SHA-256 over domain-tagged bytes: a hash for one purpose never collides with another.
+    The tag's hash state is computed once per domain and copied (Merkle trees hash ~3 times per tick)."""
+    h = domain_hasher(domain).copy()
     h.update(data)
     return h.digest()
