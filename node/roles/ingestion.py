@@ -148,7 +148,8 @@ class IngestionRole(Role):
         """One round of the outbox: send what is pending, mark what was delivered; the next backoff."""
         capability = DOWNSTREAM[kind]
         self._wake[kind] = trio.Event()
-        pending = await trio.to_thread.run_sync(self.store.pending, kind, FORWARD_BATCH)
+        # twice a batch: events held for the watermark at the head must not hide ready ones behind them
+        pending = await trio.to_thread.run_sync(self.store.pending, kind, 2 * FORWARD_BATCH)
         if not pending:
             await self._wake[kind].wait()
             return BACKOFF_MIN_S  # everything was delivered: a later outage starts from the minimum
@@ -190,11 +191,12 @@ class IngestionRole(Role):
             ready = list(pending)
         else:
             ready = [r for r in pending if r[3] <= mark or r[0] <= self._aged_seq]
-            if kind == "score":  # the detector is the consumer that order matters to
-                self.counts["reorder_hold_releases"] += sum(1 for r in ready if r[3] > mark)
-        if kind == "score":  # a gauge: events waiting for the watermark at the last look
-            self.counts["held_back"] = len(pending) - len(ready)
         ready.sort(key=lambda r: r[3])  # stable: arrival order breaks ties
+        if kind == "score":  # the detector is the consumer that order matters to
+            self.counts["held_back"] = len(pending) - len(ready)  # a gauge, at the last look
+        del ready[FORWARD_BATCH:]  # the oldest first; a frame holds at most ticks.MAX_BATCH_ITEMS
+        if kind == "score" and mark is not None:
+            self.counts["reorder_hold_releases"] += sum(1 for r in ready if r[3] > mark)
         wait_s = self._arrivals[0][0] + REORDER_MAX_HOLD_S - now if self._arrivals else REORDER_MAX_HOLD_S
         return ready, max(wait_s, 0.001)
 
