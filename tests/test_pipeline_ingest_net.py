@@ -153,7 +153,6 @@ async def test_two_bridges_sharing_the_subscription_reach_the_detector_in_event_
         assert score.counts["scored"] == n + warm and score.counts["duplicates"] == 0
         shares = [role(b, "iot").counts["forwarded"] for b in bridges]
         assert sum(shares) == n + warm and min(shares) > n // 10, shares  # both bridges carried the stream
-        assert {p for p in ing.watermark.active()} <= {b.peer_id for b in bridges}
         by_symbol: dict[str, list[int]] = {}
         for symbol, event_time in received:
             by_symbol.setdefault(symbol, []).append(event_time)

@@ -40,8 +40,9 @@ BACKOFF_MAX_S = 5.0
 DOWNSTREAM = {"score": "detect_anomalies", "risk": "compute_risk"}
 # How long an event may wait for the watermark: bridges gather batches for 100 ms (node/roles/iot.py),
 # so a second bridge's ticks of the same moment arrive within ~150 ms; past this bound an event goes
-# out anyway, counted in `reorder_hold_releases`: the newest ticks of a burst (no bridge has sent
-# anything newer yet), or a bridge whose stream lags (then the detector may see a step back in time).
+# out anyway, counted in `reorder_hold_releases`: a bridge that keeps sending but lags in event time
+# (then the detector may see a step back in time). The newest ticks of a burst go out sooner, once
+# the quiet bridge stops counting (node/watermark.py, 0.3 s).
 REORDER_MAX_HOLD_S = 0.5
 
 
@@ -188,7 +189,7 @@ class IngestionRole(Role):
             self._aged_seq = self._arrivals.popleft()[1]
         mark = self.watermark.value()
         if mark is None:  # no bridge heard from lately: nothing more is coming to wait for
-            ready = list(pending)
+            ready = pending
         else:
             ready = [r for r in pending if r[3] <= mark or r[0] <= self._aged_seq]
         ready.sort(key=lambda r: r[3])  # stable: arrival order breaks ties
