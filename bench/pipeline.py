@@ -16,7 +16,9 @@ MQTT subscription, so the broker splits the stream between them. Per rate it rep
 - sustained throughput = scored / (time the last tick was seen scored - first publish);
 - publish->scored latency median / p99 (see "Latency" below);
 - CPU per tick per node (utime+stime from /proc/PID/stat, nodes only) and for the network, also
-  net of the idle network's own CPU (measured for 3 s after warm-up) over the same window;
+  net of the idle network's own CPU (measured for 3 s after warm-up) over the same window; the
+  idle network's CPU while this harness polls it (`polled_idle_network_cpu_cores`) shows what the
+  observer itself costs (the polls reuse one control stream: ~1.4 ms of anomaly-1's CPU each);
 - peak RSS (VmHWM) per node; ledger bytes per tick: growth of one node's ledger database (the
   largest of the six; every node holds every chain), also its signed block bytes alone and the sum
   over all six replicas.
@@ -387,6 +389,16 @@ def idle_rate(net: Net, seconds: float) -> float:
     return (sum(net.resources()["cpu"].values()) - a) / (time.monotonic() - t)
 
 
+def probe_rate(net: Net, seconds: float, poll: float) -> float:
+    """CPU cores the nodes use together while this harness polls anomaly-1's status every `poll`
+    s with no traffic: the observer's own cost, which every rate's figures include."""
+    a, t = sum(net.resources()["cpu"].values()), time.monotonic()
+    while time.monotonic() - t < seconds:
+        net.role("anomaly-1", "anomaly")
+        time.sleep(poll)
+    return (sum(net.resources()["cpu"].values()) - a) / (time.monotonic() - t)
+
+
 def run_memory(net: Net, rate: float, count: int, seed: int, args) -> dict:
     """A long run at one rate while VmRSS of every node is sampled: state must stay bounded."""
     pids = {n["name"]: n["pid"] for n in net.nodes}
@@ -504,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     load_before = os.getloadavg()
     up_s = None
-    idle_cores = None
+    idle_cores = probe_cores = None
     memory: dict | None = None
     try:
         log(f"starting testnet in {directory} (broker {args.broker})")
@@ -520,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
             run_rate(net, 1000.0, args.warmup, args.seed + 1000, warm)
             settle(net, args.settle)
         idle_cores = idle_rate(net, 3.0)
-        log(f"idle network CPU: {idle_cores:.3f} cores")
+        probe_cores = probe_rate(net, 3.0, args.poll)
+        log(f"idle network CPU: {idle_cores:.3f} cores; while polled every {args.poll:g} s: {probe_cores:.3f}")
         for i, rate in enumerate(rates):
             log(f"rate {rate:g}/s: {count} ticks")
             row = run_rate(net, rate, count, args.seed + i, args)
@@ -573,6 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         "iot_bridges": args.iot_bridges,
         "testnet_up_s": round(up_s, 1) if up_s is not None else None,
         "idle_network_cpu_cores": round(idle_cores, 3) if idle_cores is not None else None,
+        "polled_idle_network_cpu_cores": round(probe_cores, 3) if probe_cores is not None else None,
         "wall_s": round(time.monotonic() - started, 1),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],

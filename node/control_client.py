@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from node.admission import Admission
-from node.errors import NodeError, NotAuthorised, PeerUnreachable, RemoteError, RequestTimeout
+from node.errors import NodeError, NotAuthorised, PeerUnreachable, RemoteError, RequestTimeout, StreamClosed
 from node.identity import Identity, IdentityError, load_identity
 from node.membership import (
     AUTHORITY_PUB_FILE,
@@ -103,6 +103,7 @@ class ControlClient:
         self._stop: trio.Event | None = None
         self._startup_error: BaseException | None = None
         self._host = None
+        self._control = None  # control.Client: reuses one stream per node across requests
         self._admission: Admission | None = None
         self._greeted: set[str] = set()
 
@@ -128,7 +129,7 @@ class ControlClient:
 
     async def _main(self) -> None:
         from node.host import Host  # the libp2p import (~3 s) happens here, off the caller's thread
-        from node.protocols import hello
+        from node.protocols import control, hello
 
         try:
             self._admission = Admission(self._creds.authority_key, Metrics(), handshake_timeout_s=3600)
@@ -137,8 +138,12 @@ class ControlClient:
             self._stop = trio.Event()
             self._token = trio.lowlevel.current_trio_token()
             async with self._host.running(["/ip4/127.0.0.1/tcp/0"]):
+                self._control = control.Client(self._host)
                 self._ready.set()
-                await self._stop.wait()
+                try:
+                    await self._stop.wait()
+                finally:
+                    await self._control.aclose()
         except BaseException as exc:  # surfaced to the caller in __enter__
             self._startup_error = exc
             self._ready.set()
@@ -154,8 +159,7 @@ class ControlClient:
         return trio.from_thread.run(self._request, multiaddr, command, args, timeout, trio_token=self._token)
 
     async def _request(self, multiaddr: str, command: str, args: dict[str, Any] | None, timeout: float) -> dict[str, Any]:
-        from node.host import StreamClosed
-        from node.protocols import control, hello
+        from node.protocols import hello
 
         try:
             with trio.fail_after(timeout):
@@ -167,7 +171,7 @@ class ControlClient:
                         raise NotAuthorised(f"node {peer_id} presented an invalid certificate: {exc}") from None
                     self._greeted.add(peer_id)
                 try:
-                    return await control.call(self._host, peer_id, command, args, timeout=timeout)
+                    return await self._control.call(peer_id, command, args, timeout=timeout)
                 except RemoteError as exc:
                     if exc.remote_code == "not_authorised":
                         raise NotAuthorised(f"node {peer_id} refused: {exc}") from None

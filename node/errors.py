@@ -39,3 +39,10 @@ class RemoteError(NodeError):
     def __init__(self, remote_code: str, message: str) -> None:
         self.remote_code = remote_code
         super().__init__(f"{remote_code}: {message}")
+
+
+class StreamClosed(Exception):
+    """The remote closed or reset the stream (libp2p's StreamEOF/StreamReset). Not a NodeError:
+    a peer closing a stream is how conversations end, not a fault of ours."""
+
+    code = "stream_closed"

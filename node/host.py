@@ -44,7 +44,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 
-from node.errors import NodeError, PeerUnreachable
+from node.errors import NodeError, PeerUnreachable, StreamClosed
 from node.identity import Identity
 
 log = logging.getLogger("quantian.host")
@@ -69,12 +69,6 @@ os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
 # The defaults (32) turn a short backlog into silent loss; read at call time, so set them here.
 _pubsub_module.SUBSCRIPTION_CHANNEL_SIZE = PUBSUB_QUEUE_SIZE
 _pubsub_module.RpcQueue = functools.partial(RpcQueue, max_size=PUBSUB_QUEUE_SIZE)  # type: ignore[misc]
-
-
-class StreamClosed(Exception):
-    """The remote closed or reset the stream (libp2p's StreamEOF/StreamReset)."""
-
-    code = "stream_closed"
 
 
 class Stream:
