@@ -153,3 +153,27 @@ def test_ew_mean_runs_the_same_filter_as_scipy_lfilter(shape) -> None:
         got = np.concatenate([ew.update(x[a:b]) for a, b in zip([0, *cuts], [*cuts, len(x)])])
         np.testing.assert_array_equal(got, expected)
     assert EWMean(alpha).update(x[:0]).shape == x[:0].shape
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 7), min_size=1, max_size=6), st.integers(1, 17), st.booleans())
+def test_lag_helpers_equal_their_reference_forms(chunks: list[int], k: int, two_d: bool) -> None:
+    """`lagged` and `LagWindow` are hand-rolled for speed: they must give what the plain NumPy
+    forms they replaced give (a concatenated broadcast row; a reversed sliding window), chunk by chunk."""
+    from node.analytics.ewstats import lagged
+    from node.analytics.features import LagWindow
+
+    rng = np.random.default_rng(sum(chunks) * 31 + k)
+    window, tail = LagWindow(k), np.zeros(k - 1)
+    previous: float | np.ndarray = np.nan if not two_d else np.array([np.nan, 1.5])
+    for n in chunks:
+        x = rng.normal(size=(n, 2) if two_d else n)
+        expected = np.concatenate((np.broadcast_to(previous, x.shape[1:])[None], x[:-1]))[:n]  # 0 rows -> 0 rows
+        np.testing.assert_array_equal(lagged(x, previous), expected)
+        if n:
+            previous = x[-1].copy()
+        col = x[:, 0] if two_d else x
+        ext = np.concatenate((tail, col))
+        reference = np.lib.stride_tricks.sliding_window_view(ext, k)[:, ::-1] if len(col) else np.zeros((0, k))
+        tail = ext[len(ext) - (k - 1):]
+        np.testing.assert_array_equal(window.update(col), reference)

@@ -93,6 +93,10 @@ class LagWindow:
         """Shape ``(len(col), k)``; column j is the value j rows earlier."""
         if not len(col):
             return np.zeros((0, self.k))
+        n, k = len(col), self.k
         ext = np.concatenate((self._tail, col))
-        self._tail = ext[len(ext) - (self.k - 1):]
-        return np.lib.stride_tricks.sliding_window_view(ext, self.k)[:, ::-1]
+        self._tail = ext[len(ext) - (k - 1):]
+        out = np.empty((n, k))  # one slice per lag: cheaper than sliding_window_view's checks
+        for j in range(k):
+            out[:, j] = ext[k - 1 - j:k - 1 - j + n]
+        return out
