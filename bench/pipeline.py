@@ -16,9 +16,10 @@ MQTT subscription, so the broker splits the stream between them. Per rate it rep
 - sustained throughput = scored / (time the last tick was seen scored - first publish);
 - publish->scored latency median / p99 (see "Latency" below);
 - CPU per tick per node (utime+stime from /proc/PID/stat, nodes only) and for the network, also
-  net of the idle network's own CPU (measured over two heartbeats after warm-up) over the same window; the
-  idle network's CPU while this harness polls it (`polled_idle_network_cpu_cores`) shows what the
-  observer itself costs (the polls reuse one control stream: ~1.4 ms of anomaly-1's CPU each);
+  net of the idle network's own CPU (measured over two heartbeats after warm-up) over the same
+  window; the idle network's CPU while this harness polls it (`polled_idle_network_cpu_cores`)
+  shows what the observer itself costs (the polls reuse one control stream: ~1.4 ms of
+  anomaly-1's CPU each);
 - peak RSS (VmHWM) per node; ledger bytes per tick: growth of one node's ledger database (the
   largest of the six; every node holds every chain), also its signed block bytes alone and the sum
   over all six replicas.
