@@ -209,7 +209,8 @@ class Net:
                 "delivery_retries": sum(i.get("delivery_retries", 0) for i in iots.values()),
                 "routing_failures": ing.get("routing_failures", 0), "score_duplicates": ano.get("duplicates", 0),
                 "received": ing["received"], "ingested": ing["ingested"],
-                "duplicates": ing["duplicates"], "stored": ing["stored"],
+                # events ever stored: `stored` is the rows held, which pruning keeps near 200,000
+                "duplicates": ing["duplicates"], "stored": ing.get("stored_total", ing["stored"]),
                 "pending": ing["pending_score"] + ing["pending_risk"],
                 "scored": ano["scored"], "alerts": ano["alerts"],
                 "reorder_hold_releases": ing.get("reorder_hold_releases", 0),
