@@ -22,6 +22,7 @@ import itertools
 import logging
 import sqlite3
 import threading
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -95,27 +96,27 @@ class EventStore:
 
     def add(self, rows: list[tuple[str, str, int, list[Any]]]) -> int:
         """Commit (event_id, symbol, event_time_us, wire) rows durably; returns how many were new."""
-        by_symbol: dict[str, list[tuple[str, str, int, bytes]]] = {}
-        for eid, sym, t, wire in rows:
-            by_symbol.setdefault(sym, []).append((eid, sym, t, cbor2.dumps(wire)))
-        new_by_symbol: dict[str, int] = {}
         with self._transaction():
-            for sym, group in by_symbol.items():  # one statement per symbol: its new rows are counted
-                before = self._conn.total_changes
-                self._conn.executemany(
-                    "INSERT OR IGNORE INTO events(event_id, symbol, event_time_us, wire) VALUES (?,?,?,?)", group)
-                new_by_symbol[sym] = self._conn.total_changes - before
-            added = sum(new_by_symbol.values())
+            before_seq = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            before = self._conn.total_changes
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO events(event_id, symbol, event_time_us, wire) VALUES (?,?,?,?)",
+                [(eid, sym, t, cbor2.dumps(wire)) for eid, sym, t, wire in rows])
+            added = self._conn.total_changes - before
             if added:
                 last_seq = self._conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
                 self._conn.execute("UPDATE totals SET value = value + ? WHERE name = 'stored'", (added,))
+                if added == len(rows):
+                    new_by_symbol = Counter(sym for _, sym, _, _ in rows)
+                else:  # some were duplicates: the rows this transaction added, per symbol
+                    new_by_symbol = Counter(dict(self._conn.execute(
+                        "SELECT symbol, COUNT(*) FROM events WHERE seq > ? GROUP BY symbol", (before_seq,))))
         if added:  # committed: now the figures may move
             with self._lock:
                 self.last_seq = last_seq
                 self._stored_total += added
                 for sym, n in new_by_symbol.items():
-                    if n:
-                        self._rows_by_symbol[sym] = self._rows_by_symbol.get(sym, 0) + n
+                    self._rows_by_symbol[sym] = self._rows_by_symbol.get(sym, 0) + n
                 for kind in DOWNSTREAM_KINDS:
                     self._pending[kind] += added
         if added == len(rows):  # all new (a duplicate's stored wire may differ from the one given)

@@ -156,3 +156,13 @@ def test_counts_kept_in_memory_match_the_table_through_duplicates_marks_prunes_a
     assert store.counts() == expected
     assert {k: v for k, v in expected.items() if k != "stored_total"} == table_counts(store)
     store.close()
+
+
+def test_a_batch_keeps_its_order_across_symbols(tmp_path):
+    store = EventStore(tmp_path)
+    batch = [(f"o{i}", ["BTCUSD", "ETHUSD", "AAPL"][i % 3], i, [i]) for i in range(30)]
+    store.add(batch[:10])
+    store.add(batch[5:] + [batch[0]])  # duplicates included: the SQL path counts the new rows
+    assert [eid for _, eid, *_ in store.pending("score", 100)] == [eid for eid, *_ in batch]
+    assert store.counts() == {"stored": 30, "pending_score": 30, "pending_risk": 30, "symbols": 3, "stored_total": 30}
+    store.close()
