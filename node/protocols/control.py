@@ -190,7 +190,8 @@ class Client:
         """Like :func:`call`. A request is sent again, once, on a new stream only when a reused
         stream turns out closed: the node closes a stream only after IDLE_TIMEOUT_S without a
         request, or with its connection (and then the new stream fails too), and streams are
-        reused only within REUSE_WITHIN_S, so a closed reused stream had not served the request."""
+        reused only within REUSE_WITHIN_S, so a reused stream found closed had not served the
+        request (short of a bug that killed the node's handler mid-command)."""
         reused = await self._take(peer_id)
         if reused is not None:
             stream, reader = reused
