@@ -210,7 +210,7 @@ class Net:
                 "routing_failures": ing.get("routing_failures", 0), "score_duplicates": ano.get("duplicates", 0),
                 "received": ing["received"], "ingested": ing["ingested"],
                 # events ever stored: `stored` is the rows held, which pruning keeps near 200,000
-                "duplicates": ing["duplicates"], "stored": ing.get("stored_total", ing["stored"]),
+                "duplicates": ing["duplicates"], "stored": ing["stored_total"],
                 "pending": ing["pending_score"] + ing["pending_risk"],
                 "scored": ano["scored"], "alerts": ano["alerts"],
                 "reorder_hold_releases": ing.get("reorder_hold_releases", 0),

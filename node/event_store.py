@@ -23,6 +23,7 @@ import logging
 import sqlite3
 import threading
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -96,8 +97,7 @@ class EventStore:
 
     def add(self, rows: list[tuple[str, str, int, list[Any]]]) -> int:
         """Commit (event_id, symbol, event_time_us, wire) rows durably; returns how many were new."""
-        with self._transaction():
-            before_seq = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+        with self._transaction() as on_commit:
             before = self._conn.total_changes
             self._conn.executemany(
                 "INSERT OR IGNORE INTO events(event_id, symbol, event_time_us, wire) VALUES (?,?,?,?)",
@@ -110,15 +110,8 @@ class EventStore:
                     new_by_symbol = Counter(sym for _, sym, _, _ in rows)
                 else:  # some were duplicates: the rows this transaction added, per symbol
                     new_by_symbol = Counter(dict(self._conn.execute(
-                        "SELECT symbol, COUNT(*) FROM events WHERE seq > ? GROUP BY symbol", (before_seq,))))
-        if added:  # committed: now the figures may move
-            with self._lock:
-                self.last_seq = last_seq
-                self._stored_total += added
-                for sym, n in new_by_symbol.items():
-                    self._rows_by_symbol[sym] = self._rows_by_symbol.get(sym, 0) + n
-                for kind in DOWNSTREAM_KINDS:
-                    self._pending[kind] += added
+                        "SELECT symbol, COUNT(*) FROM events WHERE seq > ? GROUP BY symbol", (self.last_seq,))))
+                on_commit.append(lambda: self._count_added(last_seq, new_by_symbol))
         if added == len(rows):  # all new (a duplicate's stored wire may differ from the one given)
             self._remember(rows)
         self._inserted_since_prune += added
@@ -155,27 +148,50 @@ class EventStore:
         sends those events again, and downstream drops what it already has; the next `add`'s
         fsync makes it durable anyway (WAL frames are synced in order)."""
         column = _column(kind)
-        with self._transaction(durable=False):
+        with self._transaction(durable=False) as on_commit:
             before = self._conn.total_changes
             self._conn.executemany(f"UPDATE events SET {column} = 0 WHERE seq = ? AND {column} = 1",
                                    [(s,) for s in seqs])
             cleared = self._conn.total_changes - before
-        with self._lock:
-            self._pending[kind] -= cleared
+            on_commit.append(lambda: self._count_cleared(kind, cleared))
+
+    def _count_added(self, last_seq: int, new_by_symbol: Counter[str]) -> None:
+        self.last_seq = last_seq
+        self._stored_total += new_by_symbol.total()
+        for sym, n in new_by_symbol.items():
+            self._rows_by_symbol[sym] = self._rows_by_symbol.get(sym, 0) + n
+        for kind in DOWNSTREAM_KINDS:
+            self._pending[kind] += new_by_symbol.total()
+
+    def _count_cleared(self, kind: str, cleared: int) -> None:
+        self._pending[kind] -= cleared
+
+    def _count_pruned(self, by_symbol: list[tuple[str, int]]) -> None:
+        for sym, n in by_symbol:
+            left = self._rows_by_symbol.get(sym, 0) - n
+            if left > 0:
+                self._rows_by_symbol[sym] = left
+            else:
+                self._rows_by_symbol.pop(sym, None)
 
     @contextmanager
-    def _transaction(self, *, durable: bool = True) -> Iterator[None]:
+    def _transaction(self, *, durable: bool = True) -> Iterator[list[Callable[[], None]]]:
         """BEGIN IMMEDIATE ... COMMIT under the lock, fsynced when `durable`. A failed COMMIT (disk
         full) may already have rolled back on its own; then a ROLLBACK would fail and hide the
-        real error, so it is only sent while a transaction is open."""
+        real error, so it is only sent while a transaction is open. The body appends to the
+        yielded list what the in-memory figures must do once COMMIT succeeded (still under the
+        lock, so no other change runs in between)."""
         with self._lock:
             if not durable:
                 self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
+                on_commit: list[Callable[[], None]] = []
                 try:
-                    yield
+                    yield on_commit
                     self._conn.execute("COMMIT")
+                    for apply in on_commit:
+                        apply()
                 except BaseException:
                     if self._conn.in_transaction:
                         self._conn.execute("ROLLBACK")
@@ -208,22 +224,14 @@ class EventStore:
         back from the newest walked them all on every prune (~9 % of ingestion's CPU under load).
         Events still pending for a kind are never dropped, however old."""
         doomed = "seq <= ? AND pending_score = 0 AND pending_risk = 0"
-        with self._lock:
-            newest = self._conn.execute("SELECT MAX(seq) FROM events").fetchone()[0]
-        if newest is None or newest <= self._keep:
+        if self.last_seq <= self._keep:  # the newest seq: rows that new are never pruned
             return 0
-        cutoff = (newest - self._keep,)
-        with self._transaction(durable=False):  # a prune lost in a power cut only keeps rows longer
+        with self._transaction(durable=False) as on_commit:  # a prune lost in a power cut only keeps rows longer
+            cutoff = (self.last_seq - self._keep,)
             by_symbol = self._conn.execute(
                 f"SELECT symbol, COUNT(*) FROM events WHERE {doomed} GROUP BY symbol", cutoff).fetchall()
             deleted = self._conn.execute(f"DELETE FROM events WHERE {doomed}", cutoff).rowcount
-        with self._lock:
-            for sym, n in by_symbol:
-                left = self._rows_by_symbol.get(sym, 0) - n
-                if left > 0:
-                    self._rows_by_symbol[sym] = left
-                else:
-                    self._rows_by_symbol.pop(sym, None)
+            on_commit.append(lambda: self._count_pruned(by_symbol))
         return deleted
 
 

@@ -39,7 +39,7 @@ async def test_one_stream_carries_many_requests_and_errors_do_not_end_it(network
             assert (await client.call(peer, "status", timeout=30))["name"] == "boot"
         with pytest.raises(RemoteError, match="unknown_command"):
             await client.call(peer, "no-such-command", timeout=30)
-        assert (await client.call(peer, "metrics", timeout=30))["counters"]["control.requests"] >= 5
+        await client.call(peer, "metrics", timeout=30)
         assert client.streams_opened == 1
         assert node.metrics.get("control.requests") == 6  # 5 status + metrics; the unknown one is counted apart
 
